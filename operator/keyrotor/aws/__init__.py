@@ -1,0 +1,1 @@
+"""Adapters over boto3: the only modules that call AWS. Every function is idempotent."""

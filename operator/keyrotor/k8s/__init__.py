@@ -1,0 +1,1 @@
+"""Adapters over the Kubernetes API: the only modules that call it. Idempotent."""

@@ -1,0 +1,1 @@
+"""Local AWS emulator and kube-apiserver launcher, used by the tests and `keyrotor demo`."""
