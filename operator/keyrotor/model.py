@@ -1,0 +1,411 @@
+"""The typed spec, conditions and constants of AccessKeyRotation. No I/O here.
+
+The spec is parsed once into frozen dataclasses; defaults are applied here, in code, never by the
+API server (server-side defaults make GitOps tools show objects as permanently out of sync), and
+the effective values are reported in ``status.effective``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+GROUP = "keyrotor.io"
+VERSION = "v1alpha1"
+PLURAL = "accesskeyrotations"
+KIND = "AccessKeyRotation"
+
+# Labels, annotations and tags under the project's own prefix.
+FINALIZER = "keyrotor.io/finalizer"
+ROTATE_NOW_ANNOTATION = "keyrotor.io/rotate-now"
+VERSION_ID_ANNOTATION = "keyrotor.io/version-id"
+ACCESS_KEY_ID_ANNOTATION = "keyrotor.io/access-key-id"
+DATA_HASH_ANNOTATION = "keyrotor.io/data-hash"
+RESTARTED_FOR_ANNOTATION = "keyrotor.io/restarted-for-version"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "keyrotor"
+OWNER_NAME_LABEL = "keyrotor.io/owner"
+NAMESPACES_TAG = "keyrotor.io/namespaces"
+TAG_CLUSTER = "keyrotor.io/cluster"
+TAG_NAMESPACE = "keyrotor.io/namespace"
+TAG_NAME = "keyrotor.io/name"
+TAG_UID = "keyrotor.io/uid"
+TAG_IAM_USER = "keyrotor.io/iam-user"
+
+DEFAULT_INTERVAL = "90d"
+DEFAULT_PROFILE = "default"
+DEFAULT_RECOVERY_WINDOW_DAYS = 7
+DEFAULT_PREVIOUS_KEY_ACTION = "Deactivate"
+DEFAULT_PREVIOUS_KEY_AFTER = "24h"
+
+IAM_USER_RE = re.compile(r"^[\w+=,.@-]{1,64}$", re.ASCII)
+SCHEDULE_RE = re.compile(r"^(rate\(\d+ (hour|hours|day|days)\)|cron\([^()]+\))$")
+_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_INTERVAL = timedelta(hours=4)
+MAX_INTERVAL = timedelta(days=1000)
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+PREVIOUS_KEY_ACTIONS = ("Keep", "Deactivate", "Delete")
+DELETION_POLICIES = ("Retain", "Delete")
+
+
+class Reason:
+    """Condition and Event reasons: one CamelCase word each, in one place."""
+
+    READY = "Ready"
+    INVALID_SPEC = "InvalidSpec"
+    NOT_AUTHORIZED = "NotAuthorized"
+    CONFLICT = "Conflict"
+    USER_NOT_FOUND = "UserNotFound"
+    ACCESS_DENIED = "AccessDenied"
+    AWS_ERROR = "AwsError"
+    SUSPENDED = "Suspended"
+    ROTATION_ENABLED = "RotationEnabled"
+    ROTATION_REQUESTED = "RotationRequested"
+    ROTATION_PENDING = "RotationPending"
+    ROTATION_STUCK = "RotationStuck"
+    ROTATION_FAILED = "RotationFailed"
+    SYNCED = "Synced"
+    SYNC_FAILED = "SyncFailed"
+    SECRET_REPAIRED = "SecretRepaired"
+    WORKLOAD_RESTARTED = "WorkloadRestarted"
+    RESTART_FAILED = "RestartFailed"
+    PREVIOUS_KEY_DEACTIVATED = "PreviousKeyDeactivated"
+    PREVIOUS_KEY_DELETED = "PreviousKeyDeleted"
+    SECRET_RETAINED = "SecretRetained"
+    SECRET_DELETION_SCHEDULED = "SecretDeletionScheduled"
+
+
+class ConditionType:
+    READY = "Ready"
+    ROTATION_CONFIGURED = "RotationConfigured"
+    SYNCED = "Synced"
+
+
+class SpecError(ValueError):
+    """The spec is wrong in a way the schema could not catch; the message says where and why."""
+
+
+def parse_duration(text: str, units: str = "hd") -> timedelta:
+    match = _DURATION_RE.match(text.strip()) if isinstance(text, str) else None
+    if not match or match.group(2) not in units:
+        allowed = ", ".join(f"N{u}" for u in units)
+        raise ValueError(f"{text!r} is not a duration ({allowed})")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def schedule_expression(interval: str) -> str:
+    """``30d`` -> ``rate(30 days)``, ``4h`` -> ``rate(4 hours)``, as Secrets Manager expects."""
+    match = _DURATION_RE.match(interval)
+    if not match or match.group(2) not in "hd":
+        raise ValueError(f"{interval!r} is not an interval")
+    count = int(match.group(1))
+    unit = {"h": "hour", "d": "day"}[match.group(2)]
+    return f"rate({count} {unit}{'' if count == 1 else 's'})"
+
+
+@dataclass(frozen=True)
+class WorkloadRef:
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The effective spec of one AccessKeyRotation, defaults applied."""
+
+    iam_user: str
+    schedule_expression: str
+    interval: str | None
+    window: str | None
+    secret_name: str
+    kms_key_id: str | None
+    deletion_policy: str
+    recovery_window_days: int
+    target_secret_name: str
+    profile: str
+    target_labels: Mapping[str, str]
+    target_annotations: Mapping[str, str]
+    restart_on_rotation: tuple[WorkloadRef, ...]
+    previous_key_action: str
+    previous_key_after: timedelta
+    suspend: bool
+
+    def effective(self) -> dict[str, Any]:
+        """The values in force, for ``status.effective`` (names as in the spec)."""
+        return {
+            "rotation": {
+                "scheduleExpression": self.schedule_expression,
+                **({"window": self.window} if self.window else {}),
+            },
+            "secretsManager": {
+                "secretName": self.secret_name,
+                "deletionPolicy": self.deletion_policy,
+                "recoveryWindowDays": self.recovery_window_days,
+            },
+            "target": {"secretName": self.target_secret_name, "profile": self.profile},
+            "previousKey": {
+                "action": self.previous_key_action,
+                "after": _format_timedelta(self.previous_key_after),
+            },
+        }
+
+
+def _format_timedelta(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _mapping(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{path}: expected an object")
+    return dict(value)
+
+
+def _str_map(value: Any, path: str) -> dict[str, str]:
+    result = _mapping(value, path)
+    for key, item in result.items():
+        if not isinstance(item, str):
+            raise SpecError(f"{path}.{key}: expected a string")
+    return result
+
+
+def parse_spec(
+    spec: Mapping[str, Any], *, name: str, namespace: str, default_secret_name: str
+) -> Spec:
+    """Validate and default a raw spec. Raises SpecError naming the field."""
+    iam_user = spec.get("iamUser")
+    if not isinstance(iam_user, str) or not IAM_USER_RE.match(iam_user):
+        raise SpecError(f"spec.iamUser {iam_user!r}: must match {IAM_USER_RE.pattern}")
+
+    rotation = _mapping(spec.get("rotation"), "spec.rotation")
+    interval = rotation.get("interval") or None
+    schedule = rotation.get("schedule") or None
+    if interval and schedule:
+        raise SpecError("spec.rotation: set either interval or schedule, not both")
+    if schedule is not None:
+        if not isinstance(schedule, str) or not SCHEDULE_RE.match(schedule.strip()):
+            raise SpecError(
+                f"spec.rotation.schedule {schedule!r}: expected rate(N hours|days) or cron(...)"
+            )
+        expression = schedule.strip()
+    else:
+        interval = interval or DEFAULT_INTERVAL
+        try:
+            length = parse_duration(interval, units="hd")
+        except ValueError as exc:
+            raise SpecError(f"spec.rotation.interval: {exc}") from None
+        if not MIN_INTERVAL <= length <= MAX_INTERVAL:
+            raise SpecError(f"spec.rotation.interval {interval!r}: must be between 4h and 1000d")
+        expression = schedule_expression(interval)
+    window = rotation.get("window") or None
+    if window is not None:
+        try:
+            parse_duration(window, units="h")
+        except ValueError as exc:
+            raise SpecError(f"spec.rotation.window: {exc}") from None
+
+    sm = _mapping(spec.get("secretsManager"), "spec.secretsManager")
+    deletion_policy = sm.get("deletionPolicy") or "Retain"
+    if deletion_policy not in DELETION_POLICIES:
+        raise SpecError(f"spec.secretsManager.deletionPolicy {deletion_policy!r}: Retain or Delete")
+    recovery = sm.get("recoveryWindowDays", DEFAULT_RECOVERY_WINDOW_DAYS)
+    if not isinstance(recovery, int) or isinstance(recovery, bool) or not 7 <= recovery <= 30:
+        raise SpecError(f"spec.secretsManager.recoveryWindowDays {recovery!r}: between 7 and 30")
+
+    target = _mapping(spec.get("target"), "spec.target")
+    restarts: list[WorkloadRef] = []
+    raw_restarts = spec.get("restartOnRotation") or []
+    if not isinstance(raw_restarts, Sequence) or isinstance(raw_restarts, str):
+        raise SpecError("spec.restartOnRotation: expected a list")
+    for index, item in enumerate(raw_restarts):
+        ref = _mapping(item, f"spec.restartOnRotation[{index}]")
+        if ref.get("kind") not in WORKLOAD_KINDS or not isinstance(ref.get("name"), str):
+            raise SpecError(
+                f"spec.restartOnRotation[{index}]: kind must be one of "
+                f"{', '.join(WORKLOAD_KINDS)} and name a string"
+            )
+        restarts.append(WorkloadRef(kind=ref["kind"], name=ref["name"]))
+
+    previous = _mapping(spec.get("previousKey"), "spec.previousKey")
+    action = previous.get("action") or DEFAULT_PREVIOUS_KEY_ACTION
+    if action not in PREVIOUS_KEY_ACTIONS:
+        raise SpecError(f"spec.previousKey.action {action!r}: Keep, Deactivate or Delete")
+    try:
+        after = parse_duration(previous.get("after") or DEFAULT_PREVIOUS_KEY_AFTER, units="smhd")
+    except ValueError as exc:
+        raise SpecError(f"spec.previousKey.after: {exc}") from None
+
+    return Spec(
+        iam_user=iam_user,
+        schedule_expression=expression,
+        interval=interval,
+        window=window,
+        secret_name=sm.get("secretName") or default_secret_name,
+        kms_key_id=sm.get("kmsKeyId") or None,
+        deletion_policy=deletion_policy,
+        recovery_window_days=recovery,
+        target_secret_name=target.get("secretName") or name,
+        profile=target.get("profile") or DEFAULT_PROFILE,
+        target_labels=_str_map(target.get("labels"), "spec.target.labels"),
+        target_annotations=_str_map(target.get("annotations"), "spec.target.annotations"),
+        restart_on_rotation=tuple(restarts),
+        previous_key_action=action,
+        previous_key_after=after,
+        suspend=bool(spec.get("suspend", False)),
+    )
+
+
+# --- Conditions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+    @property
+    def status_text(self) -> str:
+        return "True" if self.status else "False"
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    existing: Sequence[Mapping[str, Any]],
+    updates: Sequence[Condition],
+    *,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Set conditions by type; lastTransitionTime moves only when the status flips.
+
+    Ready is kept first, then the others in a stable order.
+    """
+    by_type: dict[str, dict[str, Any]] = {str(c.get("type")): dict(c) for c in existing or ()}
+    for update in updates:
+        old = by_type.get(update.type)
+        transition = (
+            old["lastTransitionTime"]
+            if old and old.get("status") == update.status_text and old.get("lastTransitionTime")
+            else isoformat(now)
+        )
+        entry: dict[str, Any] = {
+            "type": update.type,
+            "status": update.status_text,
+            "reason": update.reason,
+            "message": update.message,
+            "lastTransitionTime": transition,
+        }
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        by_type[update.type] = entry
+    order = [ConditionType.READY, ConditionType.ROTATION_CONFIGURED, ConditionType.SYNCED]
+    ordered = [by_type.pop(t) for t in order if t in by_type]
+    return ordered + [by_type[t] for t in sorted(by_type)]
+
+
+def find_condition(
+    conditions: Sequence[Mapping[str, Any]] | None, type_: str
+) -> Mapping[str, Any] | None:
+    for condition in conditions or ():
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+# --- Tenancy ------------------------------------------------------------------------------------
+
+
+def namespaces_from_tag(value: str) -> set[str]:
+    return {part for part in re.split(r"[,\s]+", value) if part}
+
+
+def authorization_problem(
+    *, namespace: str, iam_user: str, user_tags: Mapping[str, str], allowed_by_flag: bool
+) -> str | None:
+    """None when namespace may claim iam_user; otherwise a message that says what to add."""
+    if allowed_by_flag:
+        return None
+    listed = namespaces_from_tag(user_tags.get(NAMESPACES_TAG, ""))
+    if "*" in listed or namespace in listed:
+        return None
+    current = user_tags.get(NAMESPACES_TAG)
+    hint = (
+        f"the tag is {current!r}; add {namespace!r} to it"
+        if current is not None
+        else f"add the tag {NAMESPACES_TAG}={namespace}"
+    )
+    return (
+        f"IAM user {iam_user!r} does not allow namespace {namespace!r}: {hint} on the IAM user "
+        f"(aws iam tag-user --user-name {iam_user} --tags Key={NAMESPACES_TAG},Value=...), "
+        f"or start keyrotor with --allow {namespace}:{iam_user}"
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One object's claim on an IAM user, as held in the in-memory index."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: str  # creationTimestamp; the oldest claim wins
+
+
+def conflicting_claim(me: Claim, claims: Sequence[Claim]) -> Claim | None:
+    """The claim that wins over mine for the same IAM user, if any (oldest first, then uid)."""
+    others = [c for c in claims if c.uid != me.uid]
+    winner = min([me, *others], key=lambda c: (c.created, c.uid))
+    return None if winner.uid == me.uid else winner
+
+
+@dataclass
+class Observed:
+    """What the AWS side looks like for one object (from DescribeSecret)."""
+
+    arn: str
+    current_version: str | None
+    pending_versions: list[str] = field(default_factory=list)
+    rotation_enabled: bool = False
+    rotation_lambda_arn: str | None = None
+    rotation_rules: Mapping[str, Any] = field(default_factory=dict)
+    last_rotated: datetime | None = None
+    next_rotation: datetime | None = None
+    deleted: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def stuck_pending(self) -> list[str]:
+        """AWSPENDING on a version that is not AWSCURRENT: a rotation started and not finished."""
+        return [v for v in self.pending_versions if v != self.current_version]
+
+
+def desired_rotation_rules(spec: Spec) -> dict[str, Any]:
+    rules: dict[str, Any] = {"ScheduleExpression": spec.schedule_expression}
+    if spec.window:
+        rules["Duration"] = spec.window
+    return rules
+
+
+def rotation_config_matches(spec: Spec, observed: Observed, lambda_arn: str) -> bool:
+    rules = dict(observed.rotation_rules)
+    wanted = desired_rotation_rules(spec)
+    return (
+        observed.rotation_enabled
+        and observed.rotation_lambda_arn == lambda_arn
+        and rules.get("ScheduleExpression") == wanted["ScheduleExpression"]
+        and rules.get("Duration") == wanted.get("Duration")
+    )

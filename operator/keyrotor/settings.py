@@ -1,0 +1,94 @@
+"""Operator configuration: read once at start-up into one frozen, typed object.
+
+Every flag of ``keyrotor run`` can also be given as a ``KEYROTOR_*`` environment variable
+(``--sync-interval`` is ``KEYROTOR_SYNC_INTERVAL``); a flag wins over the variable. Errors name
+the offending flag or variable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+from keyrotor.model import parse_duration
+
+DEFAULT_SYNC_INTERVAL = 300.0
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message names the flag or variable."""
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """``--allow NAMESPACE:USER_GLOB``: objects in NAMESPACE may claim IAM users matching GLOB."""
+
+    namespace: str
+    user_glob: str
+
+    @classmethod
+    def parse(cls, text: str) -> AllowRule:
+        namespace, sep, user_glob = text.partition(":")
+        if not sep or not namespace or not user_glob:
+            raise SettingsError(
+                f"--allow {text!r}: expected NAMESPACE:USER_GLOB, e.g. team-a:team-a-*"
+            )
+        return cls(namespace=namespace, user_glob=user_glob)
+
+    def matches(self, namespace: str, iam_user: str) -> bool:
+        return fnmatch.fnmatchcase(namespace, self.namespace) and fnmatch.fnmatchcase(
+            iam_user, self.user_glob
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster_name: str = "default"
+    region: str | None = None
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    sync_interval: float = DEFAULT_SYNC_INTERVAL  # seconds between ListSecrets sweeps
+    focus_interval: float = 2.0  # seconds between DescribeSecret checks of objects in focus
+    lambda_role_arn: str | None = None
+    allow: tuple[AllowRule, ...] = ()
+    metrics_port: int = 0  # 0: no metrics endpoint
+    health_port: int = 0  # 0: no liveness endpoint
+    log_format: str = "text"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.cluster_name):
+            raise SettingsError(
+                f"--cluster-name {self.cluster_name!r}: use 1-40 lowercase letters, digits and '-'"
+            )
+        if self.sync_interval < 10:
+            raise SettingsError(f"--sync-interval {self.sync_interval:g}s: must be at least 10s")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"--log-format {self.log_format!r}: expected json or text")
+
+    # Names of what one installation (one cluster name) shares in the AWS account.
+    @property
+    def secret_prefix(self) -> str:
+        return f"keyrotor/{self.cluster_name}/"
+
+    @property
+    def lambda_function_name(self) -> str:
+        return f"keyrotor-{self.cluster_name}-rotation"
+
+    @property
+    def lambda_role_name(self) -> str:
+        return f"keyrotor-{self.cluster_name}-rotation"
+
+    def default_secret_name(self, namespace: str, name: str) -> str:
+        return f"{self.secret_prefix}{namespace}/{name}"
+
+
+def parse_interval_setting(flag: str, text: str) -> float:
+    """Seconds from ``300``, ``300s``, ``5m`` or ``1h``."""
+    try:
+        if text.isdigit():
+            return float(text)
+        return parse_duration(text, units="smhd").total_seconds()
+    except ValueError as exc:
+        raise SettingsError(f"{flag} {text!r}: {exc}") from None
