@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The keyrotor operator image: `docker build -t keyrotor:0.1.0 .`
 # Runs `keyrotor run` as an unprivileged user; deploy/base sets the same uid and a read-only
 # root filesystem.
