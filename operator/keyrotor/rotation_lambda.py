@@ -1,0 +1,336 @@
+"""Secrets Manager rotation function for an IAM user's access key (shipped as lambda_function.py).
+
+Standard library and boto3 only: the operator zips this file as it is (see
+``keyrotor.aws.lambda_package``). The secret's value is JSON, compatible with the classic IAM-key
+rotation function::
+
+    {"username": "...", "accesskey": "AKIA...", "secretkey": "...", "masterarn": "arn:..."}
+
+``accesskey``/``secretkey`` are absent or empty before the first rotation (the operator creates the
+secret with only the user name); ``masterarn`` is optional.
+
+Which credentials manage the user's keys:
+
+* default: the Lambda's own execution role (boto3's default credential chain);
+* classic layout: ``masterarn`` names a secret whose ``accesskey``/``secretkey`` are used for IAM;
+  it may be this very secret (the user rotating itself), in which case its AWSCURRENT keys are used.
+
+Safety rules, whatever step is retried and however often:
+
+* the key of the AWSCURRENT version is never deleted or deactivated;
+* createSecret is idempotent per ClientRequestToken: a key left behind by an earlier failed attempt
+  of the same token is recognised (created at or after the pending version) and deleted before a
+  new one is made, so the user never holds an orphan and never hits the two-key limit because of us;
+* testSecret proves the pending key authenticates as the user (sts:GetCallerIdentity), with bounded
+  exponential backoff while a new key propagates through IAM;
+* finishSecret moves AWSCURRENT to the new version and leaves no AWSPENDING behind.
+
+No secret access key and no secret JSON ever appears in a log line or an exception message: they
+name the secret ARN, version ids, the user and public access key ids only.
+
+Tuning (environment of the function): ``KEYROTOR_TEST_ATTEMPTS`` (default 8),
+``KEYROTOR_TEST_BASE_DELAY_SECONDS`` (default 1), ``KEYROTOR_TEST_MAX_DELAY_SECONDS`` (default 10).
+With the defaults testSecret waits at most about 45 seconds, so give the function a timeout of at
+least a minute. ``AWS_ENDPOINT_URL`` is honoured by boto3 itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+logger = logging.getLogger(__name__)
+logger.setLevel(logging.INFO)
+
+AWSCURRENT = "AWSCURRENT"
+AWSPENDING = "AWSPENDING"
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+# Codes IAM/STS answer while a fresh key has not propagated yet (not AuthFailure, that is EC2).
+_PROPAGATION_ERRORS = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch"})
+
+
+class RotationError(ValueError):
+    """The rotation cannot proceed with this input or state.
+
+    The message names the secret ARN, the version, the user and public key ids, never a secret.
+    """
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> None:
+    secret_id, token, step = _parse_event(event)
+    sm: SecretsManagerClient = boto3.client("secretsmanager")
+    metadata = sm.describe_secret(SecretId=secret_id)
+    arn = metadata["ARN"]
+    if not metadata.get("RotationEnabled"):
+        raise RotationError(f"rotation is not enabled for secret {arn}")
+    stages = metadata.get("VersionIdsToStages", {}).get(token)
+    if stages is None:
+        raise RotationError(f"version {token} of secret {arn} does not exist")
+    logger.info("%s: secret %s version %s (stages %s)", step, arn, token, sorted(stages))
+
+    if step == "finishSecret":
+        _finish_secret(sm, arn, token, metadata.get("VersionIdsToStages", {}))
+        return
+    if AWSCURRENT in stages:
+        logger.info("%s: version %s of %s is already AWSCURRENT, nothing to do", step, token, arn)
+        return
+    if AWSPENDING not in stages:
+        raise RotationError(f"version {token} of secret {arn} is not AWSPENDING for rotation")
+
+    current = _read_json(sm, arn, VersionStage=AWSCURRENT)
+    user = current.get("username")
+    if not isinstance(user, str) or not user:
+        raise RotationError(f"secret {arn} (AWSCURRENT) has no 'username'")
+    if step == "createSecret":
+        _create_secret(sm, arn, token, metadata, current, user)
+    elif step == "setSecret":
+        logger.info("setSecret: nothing to set for IAM user %s", user)
+    else:
+        _test_secret(sm, arn, token, metadata, current, user)
+
+
+def _parse_event(event: Any) -> tuple[str, str, str]:
+    if not isinstance(event, dict):
+        raise RotationError("rotation event is not an object")
+    secret_id, token, step = (event.get(k) for k in ("SecretId", "ClientRequestToken", "Step"))
+    if not isinstance(secret_id, str) or not secret_id:
+        raise RotationError("rotation event has no SecretId")
+    if not isinstance(token, str) or not token:
+        raise RotationError(f"rotation event for secret {secret_id} has no ClientRequestToken")
+    if step not in STEPS:
+        raise RotationError(f"unknown rotation step {step!r} for secret {secret_id}")
+    return secret_id, token, step
+
+
+def _read_json(sm: SecretsManagerClient, secret_id: str, **version: str) -> dict[str, Any]:
+    response = sm.get_secret_value(SecretId=secret_id, **version)
+    where = f"secret {response['ARN']} version {response['VersionId']}"
+    try:
+        value = json.loads(response.get("SecretString") or "")
+    except ValueError:
+        raise RotationError(f"{where} is not JSON") from None
+    if not isinstance(value, dict):
+        raise RotationError(f"{where} is not a JSON object")
+    return value
+
+
+def _same_secret(ref: str, metadata: Mapping[str, Any]) -> bool:
+    arn, name = str(metadata["ARN"]), str(metadata["Name"])
+    return ref in (arn, name) or arn.startswith(ref + "-")  # a partial ARN (no random suffix)
+
+
+def _iam_client(
+    sm: SecretsManagerClient, metadata: Mapping[str, Any], current: dict[str, Any]
+) -> IAMClient:
+    master = current.get("masterarn")
+    if not master:
+        return boto3.client("iam")  # the Lambda's own role
+    if not isinstance(master, str):
+        raise RotationError(f"secret {metadata['ARN']} has a 'masterarn' that is not a string")
+    creds = current if _same_secret(master, metadata) else _read_json(
+        sm, master, VersionStage=AWSCURRENT
+    )
+    access, secret = creds.get("accesskey"), creds.get("secretkey")
+    if not isinstance(access, str) or not access or not isinstance(secret, str) or not secret:
+        raise RotationError(f"master secret {master} holds no accesskey/secretkey")
+    return boto3.client("iam", aws_access_key_id=access, aws_secret_access_key=secret)
+
+
+def _list_keys(iam: IAMClient, user: str, arn: str) -> list[dict[str, Any]]:
+    try:
+        return list(iam.list_access_keys(UserName=user)["AccessKeyMetadata"])  # type: ignore[arg-type]
+    except ClientError as error:
+        if _code(error) == "NoSuchEntity":
+            raise RotationError(f"IAM user {user} of secret {arn} does not exist") from None
+        raise
+
+
+def _version_created(sm: SecretsManagerClient, arn: str, token: str) -> datetime:
+    next_token = ""
+    while True:
+        page = (
+            sm.list_secret_version_ids(SecretId=arn, IncludeDeprecated=True, NextToken=next_token)
+            if next_token
+            else sm.list_secret_version_ids(SecretId=arn, IncludeDeprecated=True)
+        )
+        for version in page["Versions"]:
+            if version.get("VersionId") == token and "CreatedDate" in version:
+                return version["CreatedDate"]
+        if not page.get("NextToken"):
+            raise RotationError(f"version {token} of secret {arn} is not listed")
+        next_token = page["NextToken"]
+
+
+def _seconds(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _create_secret(
+    sm: SecretsManagerClient,
+    arn: str,
+    token: str,
+    metadata: Mapping[str, Any],
+    current: dict[str, Any],
+    user: str,
+) -> None:
+    try:
+        sm.get_secret_value(SecretId=arn, VersionId=token, VersionStage=AWSPENDING)
+        logger.info("createSecret: version %s of %s already holds the new key", token, arn)
+        return
+    except ClientError as error:
+        if _code(error) != "ResourceNotFoundException":
+            raise
+
+    iam = _iam_client(sm, metadata, current)
+    current_key = current.get("accesskey") or None
+    pending_since = _seconds(_version_created(sm, arn, token))
+    keys = _list_keys(iam, user, arn)
+
+    # A key made by an earlier attempt of this same token (its PutSecretValue failed or its answer
+    # was lost): not current and created no earlier than the pending version. IAM and Secrets
+    # Manager dates are compared at one-second precision, the coarser of the two.
+    for key in list(keys):
+        if key["AccessKeyId"] != current_key and _seconds(key["CreateDate"]) >= pending_since:
+            logger.info("createSecret: deleting key %s of %s left by an earlier attempt of %s",
+                        key["AccessKeyId"], user, token)
+            iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+            keys.remove(key)
+
+    if len(keys) >= 2:
+        others = [k for k in keys if k["AccessKeyId"] != current_key]
+        if len(others) >= 2:
+            inactive = [k for k in others if k.get("Status") != "Active"]
+            if not inactive:
+                ids = ", ".join(sorted(k["AccessKeyId"] for k in others))
+                raise RotationError(
+                    f"IAM user {user} already has two active keys ({ids}) and neither is the "
+                    f"AWSCURRENT key of secret {arn}; refusing to delete a key that may be in use"
+                )
+            others = inactive
+        victim = others[0]["AccessKeyId"]
+        logger.info("createSecret: deleting non-current key %s of %s to make room", victim, user)
+        iam.delete_access_key(UserName=user, AccessKeyId=victim)
+
+    created = iam.create_access_key(UserName=user)["AccessKey"]
+    new_id = created["AccessKeyId"]
+    pending = dict(current, accesskey=new_id, secretkey=created["SecretAccessKey"])
+    try:
+        sm.put_secret_value(
+            SecretId=arn,
+            ClientRequestToken=token,
+            SecretString=json.dumps(pending),
+            VersionStages=[AWSPENDING],
+        )
+    except Exception:
+        stored = _pending_key_id(sm, arn, token)
+        if stored == new_id:
+            # The value was stored and only the answer was lost: the step is done.
+            logger.info("createSecret: stored key %s for %s in version %s", new_id, user, token)
+            return
+        if stored is None:
+            _discard_key(iam, user, new_id)
+        # else unknown: keep the key; the retry's sweep deletes it if it was not stored
+        raise
+    logger.info("createSecret: stored key %s for %s in version %s", new_id, user, token)
+
+
+def _pending_key_id(sm: SecretsManagerClient, arn: str, token: str) -> str | None:
+    """The key id stored under the token, or "?" when that cannot be known right now."""
+    try:
+        value = _read_json(sm, arn, VersionId=token, VersionStage=AWSPENDING)
+    except ClientError as error:
+        return None if _code(error) == "ResourceNotFoundException" else "?"
+    except Exception:
+        return "?"
+    key_id = value.get("accesskey")
+    return key_id if isinstance(key_id, str) else None
+
+
+def _discard_key(iam: IAMClient, user: str, key_id: str) -> None:
+    try:
+        iam.delete_access_key(UserName=user, AccessKeyId=key_id)
+        logger.info("createSecret: deleted unstored key %s of %s", key_id, user)
+    except Exception as error:  # best effort: the next attempt's orphan sweep removes it
+        logger.warning("createSecret: could not delete unstored key %s of %s: %s",
+                       key_id, user, type(error).__name__)
+
+
+def _test_secret(
+    sm: SecretsManagerClient,
+    arn: str,
+    token: str,
+    metadata: Mapping[str, Any],
+    current: dict[str, Any],
+    user: str,
+) -> None:
+    pending = _read_json(sm, arn, VersionId=token, VersionStage=AWSPENDING)
+    key_id, secret = pending.get("accesskey"), pending.get("secretkey")
+    if pending.get("username") != user:
+        raise RotationError(f"version {token} of secret {arn} names another user than {user}")
+    if not isinstance(key_id, str) or not key_id or not isinstance(secret, str) or not secret:
+        raise RotationError(f"version {token} of secret {arn} holds no accesskey/secretkey")
+    expected = _iam_client(sm, metadata, current).get_user(UserName=user)["User"]["Arn"]
+
+    attempts = max(1, int(os.environ.get("KEYROTOR_TEST_ATTEMPTS", "8")))
+    delay = float(os.environ.get("KEYROTOR_TEST_BASE_DELAY_SECONDS", "1"))
+    max_delay = float(os.environ.get("KEYROTOR_TEST_MAX_DELAY_SECONDS", "10"))
+    sts = boto3.client("sts", aws_access_key_id=key_id, aws_secret_access_key=secret)
+    for attempt in range(1, attempts + 1):
+        try:
+            caller = sts.get_caller_identity()["Arn"]
+            break
+        except ClientError as error:
+            code = _code(error)
+            if code not in _PROPAGATION_ERRORS:
+                raise
+            if attempt == attempts:
+                raise RotationError(
+                    f"pending key {key_id} of IAM user {user} (secret {arn}, version {token}) "
+                    f"was refused by STS with {code} after {attempts} attempts"
+                ) from None
+            logger.info("testSecret: key %s not accepted yet (%s), retrying in %.3gs",
+                        key_id, code, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+    if caller != expected:
+        raise RotationError(
+            f"pending key {key_id} (secret {arn}, version {token}) authenticates as {caller}, "
+            f"not as {expected}"
+        )
+    logger.info("testSecret: key %s authenticates as %s", key_id, caller)
+
+
+def _finish_secret(
+    sm: SecretsManagerClient, arn: str, token: str, versions: dict[str, list[str]]
+) -> None:
+    stages = versions[token]
+    if AWSCURRENT not in stages and AWSPENDING not in stages:
+        raise RotationError(f"version {token} of secret {arn} is not AWSPENDING for rotation")
+    if AWSCURRENT not in stages:
+        current = next((v for v, s in versions.items() if AWSCURRENT in s), None)
+        kwargs = {"RemoveFromVersionId": current} if current else {}
+        sm.update_secret_version_stage(
+            SecretId=arn, VersionStage=AWSCURRENT, MoveToVersionId=token, **kwargs
+        )
+        logger.info("finishSecret: version %s of %s is now AWSCURRENT (was %s)",
+                    token, arn, current)
+    if AWSPENDING in stages:
+        sm.update_secret_version_stage(
+            SecretId=arn, VersionStage=AWSPENDING, RemoveFromVersionId=token
+        )
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
