@@ -379,6 +379,7 @@ class Observed:
     arn: str
     current_version: str | None
     pending_versions: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # every version that carries a stage
     rotation_enabled: bool = False
     rotation_lambda_arn: str | None = None
     rotation_rules: Mapping[str, Any] = field(default_factory=dict)

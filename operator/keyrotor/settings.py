@@ -50,6 +50,7 @@ class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     sync_interval: float = DEFAULT_SYNC_INTERVAL  # seconds between ListSecrets sweeps
     focus_interval: float = 2.0  # seconds between DescribeSecret checks of objects in focus
+    stuck_after: float = 900.0  # a pending rotation older than this is stuck (Lambda: 3 x 120s)
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
     metrics_port: int = 0  # 0: no metrics endpoint

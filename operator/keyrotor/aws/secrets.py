@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from keyrotor.aws.clients import error_code
@@ -59,6 +60,7 @@ def observed_from_description(description: Mapping[str, Any]) -> Observed:
         arn=str(description["ARN"]),
         current_version=current,
         pending_versions=pending,
+        versions=list(stages),
         rotation_enabled=bool(description.get("RotationEnabled")),
         rotation_lambda_arn=description.get("RotationLambdaARN"),
         rotation_rules=dict(description.get("RotationRules") or {}),
@@ -169,6 +171,21 @@ def request_rotation(sm: SecretsManagerClient, *, secret_id: str, token: str) ->
         SecretId=secret_id, ClientRequestToken=token, RotateImmediately=True
     )
     return str(response.get("VersionId", token))
+
+
+def version_created(
+    sm: SecretsManagerClient, *, secret_id: str, version_id: str
+) -> datetime | None:
+    """When a version was created (ListSecretVersionIds: metadata only, never values)."""
+    request: dict[str, Any] = {"SecretId": secret_id, "MaxResults": 100}
+    while True:
+        page = sm.list_secret_version_ids(**request)
+        for version in page.get("Versions", []):
+            if version.get("VersionId") == version_id:
+                return version.get("CreatedDate")
+        if not page.get("NextToken"):
+            return None
+        request["NextToken"] = page["NextToken"]
 
 
 def clear_pending(sm: SecretsManagerClient, *, secret_id: str, version_id: str) -> None:

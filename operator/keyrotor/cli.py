@@ -1,0 +1,107 @@
+"""``keyrotor run`` (the operator) and ``keyrotor demo`` (the whole loop on this machine)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from keyrotor.settings import (
+    DEFAULT_SYNC_INTERVAL,
+    AllowRule,
+    Settings,
+    SettingsError,
+    parse_interval_setting,
+)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"KEYROTOR_{name}", default)
+
+
+def _env_list(name: str) -> list[str]:
+    value = _env(name)
+    return [part for part in (value or "").replace(",", " ").split() if part]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyrotor", description="Rotate AWS IAM access keys and mirror them into Kubernetes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator (each flag also as KEYROTOR_*)")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeatable); default all",
+    )
+    run.add_argument("--cluster-name", default=_env("CLUSTER_NAME", "default"))
+    run.add_argument("--region", default=_env("REGION"))
+    run.add_argument(
+        "--sync-interval",
+        default=_env("SYNC_INTERVAL", str(int(DEFAULT_SYNC_INTERVAL))),
+        help="seconds (or 5m) between ListSecrets sweeps",
+    )
+    run.add_argument(
+        "--focus-interval", default=_env("FOCUS_INTERVAL", "2"), help=argparse.SUPPRESS
+    )
+    run.add_argument(
+        "--stuck-after",
+        default=_env("STUCK_AFTER", "900"),
+        help="seconds after which an unfinished rotation is cleared",
+    )
+    run.add_argument("--lambda-role-arn", default=_env("LAMBDA_ROLE_ARN"))
+    run.add_argument("--allow", action="append", default=None, metavar="NAMESPACE:USER_GLOB")
+    run.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "0") or 0))
+    run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "0") or 0))
+    run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
+    run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
+    demo = commands.add_parser(
+        "demo", help="run the whole rotation loop on emulated AWS and Kubernetes"
+    )
+    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
+    allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    return Settings(
+        cluster_name=args.cluster_name,
+        region=args.region or None,
+        namespaces=tuple(namespaces),
+        sync_interval=parse_interval_setting("--sync-interval", str(args.sync_interval)),
+        focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
+        stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
+        lambda_role_arn=args.lambda_role_arn or None,
+        allow=tuple(AllowRule.parse(rule) for rule in allow),
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        log_format=args.log_format,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from keyrotor import demo
+
+        return demo.main(keep_going=args.keep_going)
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f"keyrotor: {exc}", file=sys.stderr)
+        return 2
+    from keyrotor import operator_main
+
+    try:
+        return operator_main.run(settings, verbose=args.verbose)
+    except operator_main.StartupError as exc:
+        print(f"keyrotor: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""AccessKeyRotation objects: read one, patch its status (status subresource only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keyrotor.k8s.client import KubeApis, is_status
+from keyrotor.model import GROUP, PLURAL, VERSION
+
+
+def get_object(kube: KubeApis, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        body = kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except Exception as exc:
+        if is_status(exc, 404):
+            return None
+        raise
+    return dict(body)
+
+
+def patch_status(kube: KubeApis, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource; an object deleted meanwhile is nothing to do."""
+    try:
+        kube.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+    except Exception as exc:
+        if not is_status(exc, 404):
+            raise
