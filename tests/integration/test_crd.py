@@ -13,7 +13,6 @@ import copy
 import json
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -220,52 +219,16 @@ def test_kustomize_base_renders() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def create_or_replace(api: Any, kind: str, body: dict[str, Any]) -> None:
-    """Create a cluster-scoped object, or replace it if it exists (``kind`` in snake case, as in
-    the client's method names: ``create_<kind>``, ``read_<kind>``, ``replace_<kind>``)."""
-    from kubernetes.client.exceptions import ApiException
-
-    name = body["metadata"]["name"]
-    try:
-        getattr(api, f"create_{kind}")(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = getattr(api, f"read_{kind}")(name)
-        updated = copy.deepcopy(body)
-        updated["metadata"]["resourceVersion"] = current.metadata.resource_version
-        getattr(api, f"replace_{kind}")(name, updated)
-
-
 @pytest.fixture(scope="module")
-def installed_crd(kube_admin_api: Any) -> dict[str, Any]:
-    """The CRD from crds/, installed (or brought up to date) and served. Never deleted: the API
-    server is shared by the session and other tests' objects may depend on it."""
+def installed_crd(kube_apiserver: Any, kube_admin_api: Any) -> dict[str, Any]:
+    """The CRD from crds/ as the server holds it, brought up to date and served. Never deleted:
+    the API server is shared by the session and other tests' objects depend on it."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    extensions = client.ApiextensionsV1Api(kube_admin_api)
-    body = load_crd()
-    name = body["metadata"]["name"]
-
-    create_or_replace(extensions, "custom_resource_definition", body)
-    custom = client.CustomObjectsApi(kube_admin_api)
-    deadline = time.monotonic() + 60
-    while True:
-        crd = extensions.read_custom_resource_definition(name)
-        established = any(
-            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
-        )
-        if established:
-            try:
-                custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)
-                break
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"CRD {name} not served after 60s")
-        time.sleep(0.2)
+    kube_apiserver.install_crds(CRD_PATH)
+    crd = client.ApiextensionsV1Api(kube_admin_api).read_custom_resource_definition(
+        load_crd()["metadata"]["name"]
+    )
     served: dict[str, Any] = kube_admin_api.sanitize_for_serialization(crd)
     return served
 
@@ -329,16 +292,9 @@ def refusal(call: Callable[[], Any]) -> str:
     return message
 
 
-def namespace_name(namespace: Any) -> str:
-    if isinstance(namespace, str):
-        return namespace
-    name: str = namespace.metadata.name
-    return name
-
-
 @pytest.fixture
-def objects(kube_admin_api: Any, namespace: Any, installed_crd: dict[str, Any]) -> Objects:
-    return Objects(kube_admin_api, namespace_name(namespace))
+def objects(kube_admin_api: Any, namespace: str, installed_crd: dict[str, Any]) -> Objects:
+    return Objects(kube_admin_api, namespace)
 
 
 FULL_SPEC: dict[str, Any] = {
@@ -716,15 +672,9 @@ class TestStatus:
 
 
 @pytest.fixture(scope="module")
-def operator_rbac(kube_admin_api: Any) -> None:
-    """deploy/base/rbac.yaml applied alone (idempotent; shared with other tests)."""
-    from kubernetes import client
-
-    rbac = client.RbacAuthorizationV1Api(kube_admin_api)
-    kinds = {"ClusterRole": "cluster_role", "ClusterRoleBinding": "cluster_role_binding"}
-    for doc in yaml.safe_load_all(RBAC_PATH.read_text()):
-        if doc:
-            create_or_replace(rbac, kinds[doc["kind"]], doc)
+def operator_rbac(kube_apiserver: Any) -> None:
+    """deploy/base/rbac.yaml applied alone (server-side apply: idempotent, shared)."""
+    kube_apiserver.apply_yaml(RBAC_PATH)
 
 
 def operator_may(
@@ -815,3 +765,34 @@ def test_operator_rbac_grants_no_more(kube_admin_api: Any, operator_rbac: None) 
         n for n in excess if operator_may(kube_admin_api, n[0], n[1], n[2], subresource=n[3])
     ]
     assert allowed == []
+
+
+@pytest.mark.kube
+def test_operator_identity_can_work_with_the_objects(
+    objects: Objects, kube_operator_api: Any, operator_rbac: None
+) -> None:
+    """The real calls, as the operator's identity: watchable list across namespaces, status
+    writes, finalizer and annotation patches; but creating objects is for users."""
+    from kubernetes.client.exceptions import ApiException
+
+    name = objects.create({"iamUser": "u"})["metadata"]["name"]
+    operator = Objects(kube_operator_api, objects.namespace)
+    listed = operator.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    assert name in [o["metadata"]["name"] for o in listed["items"]]
+    operator.patch(
+        name,
+        {
+            "metadata": {
+                "finalizers": ["keyrotor.io/finalizer"],
+                "annotations": {"keyrotor.io/last-handled-configuration": "{}"},
+            }
+        },
+    )
+    written = operator.patch_status(name, {"observedGeneration": 1, "accessKeyId": "AKIAEXAMPLE"})
+    assert written["status"] == {"observedGeneration": 1, "accessKeyId": "AKIAEXAMPLE"}
+    with pytest.raises(ApiException) as caught:
+        operator.create({"iamUser": "u"})
+    assert caught.value.status == 403
+    # Let the namespace go: drop the finalizer again (no operator runs here to do it).
+    operator.patch(name, {"metadata": {"finalizers": None}})
+    objects.api.delete_namespaced_custom_object(GROUP, VERSION, objects.namespace, PLURAL, name)
