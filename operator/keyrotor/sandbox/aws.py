@@ -1,0 +1,1048 @@
+"""An AWS emulator for the tests and ``keyrotor demo``: moto's server, made to behave like AWS.
+
+:class:`AwsEmulator` starts moto's ``ThreadedMotoServer`` on 127.0.0.1 (a free port) with a WSGI
+layer around moto's application. That layer and the moto patches in this module are the one place
+where the emulator departs from plain moto. Each departure restores what AWS does where moto 5.2.5
+differs in a way that would make our tests lie, and each has its own test in
+``tests/integration/test_aws_emulator.py`` (named below). Doc paths are under
+https://docs.aws.amazon.com/.
+
+1. Rotation runs the uploaded Lambda.
+   moto:     RotateSecret invokes the function through Docker, synchronously, then moves
+             AWSCURRENT itself whatever the steps did.
+   restored: the handler from the zip uploaded with CreateFunction/UpdateFunctionCode runs
+             in-process (a fresh module per invocation, its boto3 pointed at this server) in a
+             background thread. RotateSecret returns at once with VersionId = the token, whose
+             version carries AWSPENDING and no value. A failing step is retried twice (same step,
+             same token), as Lambda retries an asynchronous invocation; if it still fails the
+             rotation stops: AWSCURRENT stays where it was, AWSPENDING stays on the failed version.
+   doc:      secretsmanager/latest/userguide/rotate-secrets_how.html,
+             lambda/latest/dg/invocation-async-error-handling.html
+   tests:    test_rotate_secret_runs_the_uploaded_handler, test_failing_step_is_retried_then_stops
+2. RotateSecret refuses while a rotation is incomplete.
+   moto:     refuses while AWSPENDING is on the AWSCURRENT version, allows it while AWSPENDING is
+             on another version (inverted), and silently drops the old AWSPENDING label.
+   restored: InvalidRequestException ("A previous rotation isn't complete. ...") while AWSPENDING
+             is on a version other than AWSCURRENT; a second rotation after a clean one works.
+   doc:      secretsmanager/latest/userguide/rotate-secrets_lambda-functions.html ("AWSPENDING
+             ... attached to the same version as AWSCURRENT, or not attached to any version")
+   test:     test_rotate_secret_refuses_while_previous_rotation_is_incomplete
+3. The AWSCURRENT version is the default version.
+   moto:     UpdateSecretVersionStage moves the AWSCURRENT label but not moto's default version,
+             so GetSecretValue and BatchGetSecretValue without VersionId/VersionStage keep
+             returning the old value (checked: still so in 5.2.5).
+   restored: moving AWSCURRENT also moves the default version.
+   doc:      secretsmanager/latest/apireference/API_GetSecretValue.html ("If you don't specify
+             either a VersionStage or VersionId, ... the version with the VersionStage value of
+             AWSCURRENT")
+   test:     test_get_secret_value_follows_awscurrent_after_stage_move
+4. Rotation rules are stored and reported.
+   moto:     keeps only AutomaticallyAfterDays; no ScheduleExpression, no Duration; RotationEnabled
+             only with AutomaticallyAfterDays; RotateImmediately=False still invokes the function.
+   restored: ScheduleExpression (rate(N hours|days), cron(...)), AutomaticallyAfterDays and
+             Duration are validated, stored and reported by DescribeSecret/ListSecrets with
+             RotationEnabled, LastRotatedDate and NextRotationDate (for rate()/days: the last
+             rotation, or the configuration time, plus the interval); RotateImmediately=False only
+             configures.
+   doc:      secretsmanager/latest/apireference/API_RotationRulesType.html, API_RotateSecret.html
+   tests:    test_rotation_rules_are_reported, test_rotate_immediately_false_does_not_rotate
+5. Versions keep their creation date.
+   moto:     ListSecretVersionIds reports every version's CreatedDate as "now".
+   restored: the version's own creation date (the Lambda recognises its orphans by it).
+   doc:      secretsmanager/latest/apireference/API_SecretVersionsListEntry.html
+   test:     test_list_secret_version_ids_reports_creation_dates
+6. Access keys are authenticated.
+   moto:     accepts any access key id, deleted and inactive keys included (GetCallerIdentity
+             falls back to a default identity).
+   restored: every request signed with an IAM user's access key is checked: unknown, deleted and
+             inactive keys get InvalidClientTokenId, a wrong secret gets SignatureDoesNotMatch;
+             GetCallerIdentity answers with the key's user.
+   doc:      STS/latest/APIReference/CommonErrors.html,
+             IAM/latest/UserGuide/id_credentials_access-keys.html (inactive keys "cannot be used")
+   tests:    test_deleted_and_inactive_keys_are_refused, test_wrong_secret_is_refused
+7. A scheduler.
+   moto:     none.
+   restored: run_due_rotations(now) starts the rotation of every secret whose NextRotationDate
+             <= now, as the rotation schedule would (tests cannot wait days).
+   doc:      secretsmanager/latest/userguide/rotate-secrets_schedule.html
+   test:     test_run_due_rotations_rotates_secrets_that_are_due
+
+Not restored (left as moto does it): authorization (IAM policies are not evaluated), the
+rotation window (Duration is stored and reported, rotations start when asked), NextRotationDate for
+cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too.
+
+The access key id ``testing`` (:data:`ROOT_ACCESS_KEY_ID`) stands for the account's
+administrator, the operator and the Lambda's execution role; it is not checked.
+
+Test support: :attr:`AwsEmulator.calls` records every API call the server handled,
+:attr:`AwsEmulator.faults` injects failures at the HTTP layer in each service's wire protocol,
+:meth:`AwsEmulator.wait_for_rotations` waits for the background rotations.
+
+The in-process Lambda never reads or writes ``os.environ`` per invocation: its module's ``boto3``
+is bound to a session of its own (the Lambda role's key, the region, this server's endpoint), so
+rotations running in background threads cannot race with other threads. The only process-wide
+setting is the ``KEYROTOR_TEST_*`` backoff, set once by :meth:`AwsEmulator.start` (``setdefault``)
+when ``fast_test_backoff`` is true.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, Self
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
+
+import boto3
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+logger = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"  # moto's default account
+ROOT_ACCESS_KEY_ID = "testing"
+ROOT_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - the emulator's well-known dummy credential
+LAMBDA_RETRIES = 2  # Lambda retries a failed asynchronous invocation twice
+ROTATION_STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+STEP_HEADER = "X-Keyrotor-Lambda-Step"
+PREVIOUS_ROTATION_INCOMPLETE = (
+    "A previous rotation isn't complete. That rotation will be reattempted."
+)
+_FAST_TEST_BACKOFF = {
+    "KEYROTOR_TEST_ATTEMPTS": "4",
+    "KEYROTOR_TEST_BASE_DELAY_SECONDS": "0.005",
+    "KEYROTOR_TEST_MAX_DELAY_SECONDS": "0.02",
+}
+
+When = Literal["before", "after"]
+
+
+class Call(NamedTuple):
+    """One API call the server handled; ``step`` is the Lambda step that made it, if any."""
+
+    service: str
+    operation: str
+    step: str | None = None
+
+
+class CallLog:
+    """Every API call the server handled, in order. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[Call] = []
+
+    def record(self, call: Call) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+    def snapshot(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The calls as (service, operation) pairs."""
+        return [(c.service, c.operation) for c in self.snapshot()]
+
+    def count(self, operation: str | None = None, service: str | None = None) -> int:
+        return sum(
+            1
+            for c in self.snapshot()
+            if (operation is None or c.operation == operation)
+            and (service is None or c.service == service)
+        )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._calls)
+
+    def __iter__(self) -> Iterator[Call]:
+        return iter(self.snapshot())
+
+
+@dataclass
+class _Rule:
+    kind: Literal["api", "lambda"]
+    operation: str  # API operation name, or the Lambda step
+    nth: int
+    times: int
+    when: When
+    error: str | None = None
+    service: str | None = None
+    step: str | None = None
+    seen: int = 0
+
+    def matches(self, service: str, operation: str, step: str | None) -> bool:
+        return (
+            operation == self.operation
+            and (self.service is None or service == self.service)
+            and (self.step is None or step == self.step)
+        )
+
+
+@dataclass(frozen=True)
+class FiredFault:
+    service: str
+    operation: str
+    when: When
+    error: str
+    step: str | None
+
+
+class InjectedLambdaCrash(RuntimeError):
+    """Raised inside a Lambda step by :meth:`Faults.crash_lambda`."""
+
+
+class Faults:
+    """Injected failures. Each rule counts the matching calls made after it was added."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[_Rule] = []
+        self.fired: list[FiredFault] = []
+
+    def fail(
+        self,
+        operation: str,
+        nth: int = 1,
+        when: When = "before",
+        error: str | None = None,
+        *,
+        service: str | None = None,
+        step: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the ``nth`` call of ``operation`` (and the ``times - 1`` after it) fail over HTTP.
+
+        ``when="before"``: the call does not happen; ``"after"``: it takes effect and the client
+        gets the error instead of the answer (a lost response). ``error`` defaults to access
+        denied, which botocore does not retry; "Throttling"/"ThrottlingException" becomes the
+        service's own throttling code (retried by botocore). ``step`` limits the rule to calls
+        made by that Lambda step, ``service`` to one service.
+        """
+        if nth < 1 or times < 1:
+            raise ValueError("nth and times start at 1")
+        with self._lock:
+            self._rules.append(
+                _Rule("api", operation, nth, times, when, error, service=service, step=step)
+            )
+
+    def crash_lambda(
+        self, step: str, nth: int = 1, when: When = "before", *, times: int = 1
+    ) -> None:
+        """Raise :class:`InjectedLambdaCrash` in the ``nth`` invocation of a rotation step.
+
+        ``when="after"`` runs the step's code first (its effects stay), then fails the
+        invocation, as a Lambda timeout after the work would. ``times=LAMBDA_RETRIES + 1``
+        fails every attempt, which stops the rotation.
+        """
+        if step not in ROTATION_STEPS:
+            raise ValueError(f"unknown rotation step {step!r}")
+        with self._lock:
+            self._rules.append(_Rule("lambda", step, nth, times, when))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self.fired.clear()
+
+    def _take(self, kind: str, service: str, operation: str, step: str | None) -> _Rule | None:
+        with self._lock:
+            hit: _Rule | None = None
+            for rule in self._rules:
+                if rule.kind == kind and rule.matches(service, operation, step):
+                    rule.seen += 1
+                    if hit is None and rule.nth <= rule.seen < rule.nth + rule.times:
+                        hit = rule
+            if hit is not None:
+                error = hit.error or ("InjectedLambdaCrash" if kind == "lambda" else "")
+                self.fired.append(FiredFault(service, operation, hit.when, error, step))
+            return hit
+
+
+@dataclass
+class Rotation:
+    """One rotation the emulator ran (or is running)."""
+
+    secret_arn: str
+    token: str
+    lambda_arn: str
+    started: datetime
+    finished: datetime | None = None
+    succeeded: bool | None = None
+    failed_step: str | None = None
+    error: str | None = None  # exception type and message of the last failed attempt
+    invocations: list[tuple[str, bool]] = field(default_factory=list)  # (step, ok)
+
+
+class _LambdaContext:
+    def __init__(self, function_arn: str) -> None:
+        self.invoked_function_arn = function_arn
+        self.function_name = function_arn.rsplit(":", 1)[-1]
+        self.aws_request_id = str(uuid.uuid4())
+        self._deadline = time.monotonic() + 900
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class _LambdaBoto3:
+    """What the handler module sees as ``boto3``: clients of a session bound to the emulator.
+
+    In AWS the runtime gives the function its role's credentials and region through the
+    environment; here they come from this session, so no thread touches ``os.environ``.
+    """
+
+    def __init__(self, endpoint_url: str, region: str, step: str) -> None:
+        self._endpoint_url = endpoint_url
+        self._step = step
+        self._session = boto3.session.Session(
+            aws_access_key_id=ROOT_ACCESS_KEY_ID,
+            aws_secret_access_key=ROOT_SECRET_ACCESS_KEY,
+            region_name=region,
+        )
+
+    def client(self, service_name: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("endpoint_url", self._endpoint_url)
+        client = self._session.client(service_name, **kwargs)  # type: ignore[call-overload]
+
+        def mark(request: Any, **_: Any) -> None:
+            request.headers[STEP_HEADER] = self._step
+
+        client.meta.events.register("before-send", mark)
+        return client
+
+
+# --- moto patches, active only while the emulator's server handles a request -------------------
+
+_context = threading.local()
+_patch_lock = threading.Lock()
+_patched = False
+
+
+def _active() -> AwsEmulator | None:
+    emulator: AwsEmulator | None = getattr(_context, "emulator", None)
+    return emulator
+
+
+def _install_moto_patches() -> None:
+    global _patched
+    with _patch_lock:
+        if _patched:
+            return
+        from moto.secretsmanager import models as sm
+
+        backend_cls = sm.SecretsManagerBackend
+        original_rotate = backend_cls.rotate_secret
+        original_stage = backend_cls.update_secret_version_stage
+        original_versions = backend_cls.list_secret_version_ids
+        original_to_dict = sm.FakeSecret.to_dict
+
+        def rotate_secret(self: Any, *args: Any, **kwargs: Any) -> Any:
+            emulator = _active()
+            if emulator is None:
+                return original_rotate(self, *args, **kwargs)
+            return emulator._rotate_secret(self, *args, **kwargs)
+
+        def update_secret_version_stage(
+            self: Any,
+            secret_id: str,
+            version_stage: str,
+            remove_from_version_id: str,
+            move_to_version_id: str,
+        ) -> Any:
+            result = original_stage(
+                self, secret_id, version_stage, remove_from_version_id, move_to_version_id
+            )
+            if _active() is not None and version_stage == "AWSCURRENT" and move_to_version_id:
+                self.secrets[secret_id].default_version_id = move_to_version_id
+            return result
+
+        def list_secret_version_ids(self: Any, secret_id: str) -> Any:
+            if _active() is None:
+                return original_versions(self, secret_id)
+            secret = self.secrets[secret_id]
+            return json.dumps(
+                {
+                    "ARN": secret.arn,
+                    "Name": secret.name,
+                    "Versions": [
+                        {
+                            "VersionId": version_id,
+                            "VersionStages": version["version_stages"],
+                            "CreatedDate": version["createdate"],
+                        }
+                        for version_id, version in secret.versions.items()
+                    ],
+                }
+            )
+
+        def to_dict(self: Any) -> dict[str, Any]:
+            result: dict[str, Any] = original_to_dict(self)
+            rules = getattr(self, "keyrotor_rotation_rules", None)
+            if _active() is not None and rules is not None:
+                result["RotationEnabled"] = self.rotation_enabled
+                result["RotationRules"] = dict(rules)
+                result["NextRotationDate"] = (
+                    self.next_rotation_date if self.rotation_enabled else None
+                )
+                result["LastRotatedDate"] = self.last_rotation_date
+            return result
+
+        setattr(backend_cls, "rotate_secret", rotate_secret)  # noqa: B010
+        setattr(backend_cls, "update_secret_version_stage", update_secret_version_stage)  # noqa: B010
+        setattr(backend_cls, "list_secret_version_ids", list_secret_version_ids)  # noqa: B010
+        setattr(sm.FakeSecret, "to_dict", to_dict)  # noqa: B010
+        _patched = True
+
+
+# --- rotation rules ------------------------------------------------------------------------------
+
+_RATE = re.compile(r"^rate\((\d+) (hour|hours|day|days)\)$")
+
+
+def rotation_interval(rules: Mapping[str, Any]) -> timedelta | None:
+    """The interval of rate() / AutomaticallyAfterDays rules; None for cron() schedules."""
+    expression = rules.get("ScheduleExpression")
+    if expression:
+        match = _RATE.match(str(expression).strip())
+        if match is None:
+            return None
+        amount, unit = int(match.group(1)), match.group(2)
+        return timedelta(hours=amount) if unit.startswith("hour") else timedelta(days=amount)
+    days = rules.get("AutomaticallyAfterDays")
+    return timedelta(days=int(days)) if days else None
+
+
+def _validate_rules(rules: Mapping[str, Any]) -> None:
+    from moto.secretsmanager.exceptions import InvalidParameterException
+
+    expression = rules.get("ScheduleExpression")
+    days = rules.get("AutomaticallyAfterDays")
+    if expression and days:
+        raise InvalidParameterException(
+            "You can't specify both AutomaticallyAfterDays and ScheduleExpression."
+        )
+    if days is not None and not 1 <= int(days) <= 1000:
+        raise InvalidParameterException(
+            "RotationRules.AutomaticallyAfterDays must be within 1-1000."
+        )
+    if expression:
+        text = str(expression).strip()
+        if not (_RATE.match(text) or (text.startswith("cron(") and text.endswith(")"))):
+            raise InvalidParameterException(f"Invalid ScheduleExpression: {text}")
+        rate = _RATE.match(text)
+        if rate and rotation_interval(rules) is not None:
+            interval = rotation_interval(rules)
+            if interval is not None and not timedelta(hours=4) <= interval <= timedelta(days=1000):
+                raise InvalidParameterException(
+                    "The rotation interval must be between 4 hours and 1000 days."
+                )
+
+
+# --- the WSGI layer ------------------------------------------------------------------------------
+
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
+_SIGNATURE = re.compile(r"Signature=([0-9a-f]+)")
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([^,\s]+)")
+_service_models: dict[str, Any] = {}
+_rest_routes: dict[str, list[tuple[str, re.Pattern[str], int, str]]] = {}
+
+
+def _service_model(service: str) -> Any:
+    if service not in _service_models:
+        _service_models[service] = botocore.session.get_session().get_service_model(service)
+    return _service_models[service]
+
+
+def _protocol(service: str) -> str:
+    try:
+        return str(_service_model(service).metadata.get("protocol", "json"))
+    except Exception:
+        return "json"
+
+
+def _rest_operation(service: str, method: str, path: str) -> str:
+    if service not in _rest_routes:
+        routes = []
+        model = _service_model(service)
+        for name in model.operation_names:
+            http = model.operation_model(name).http
+            uri = http["requestUri"].split("?", 1)[0]
+            pattern = re.sub(r"\\\{[^}]+?\\\+\\\}", ".+", re.escape(uri))
+            pattern = re.sub(r"\\\{[^}]+?\\\}", "[^/]+", pattern)
+            literal = len(re.sub(r"\{[^}]+\}", "", uri))
+            routes.append((http["method"], re.compile(f"^{pattern}/?$"), literal, name))
+        _rest_routes[service] = routes
+    candidates = [
+        (literal, name)
+        for http_method, pattern, literal, name in _rest_routes[service]
+        if http_method == method and pattern.match(path)
+    ]
+    return max(candidates)[1] if candidates else f"{method} {path}"
+
+
+def _operation(service: str, environ: Mapping[str, Any], body: bytes) -> str:
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return str(target).rsplit(".", 1)[-1]
+    protocol = _protocol(service)
+    if protocol in ("query", "ec2"):
+        form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+        query = parse_qs(str(environ.get("QUERY_STRING", "")))
+        action = (form.get("Action") or query.get("Action") or ["?"])[0]
+        return action
+    raw = str(environ.get("RAW_URI") or environ.get("PATH_INFO", "/"))
+    return _rest_operation(service, str(environ.get("REQUEST_METHOD", "GET")), urlsplit(raw).path)
+
+
+_ERROR_STATUS = {
+    "AccessDenied": 403,
+    "AccessDeniedException": 403,
+    "InvalidClientTokenId": 403,
+    "SignatureDoesNotMatch": 403,
+    "ExpiredToken": 403,
+    "TooManyRequestsException": 429,
+    "InternalFailure": 500,
+    "InternalServiceError": 500,
+    "ServiceUnavailable": 503,
+    "ServiceUnavailableException": 503,
+}
+
+
+def _error_code(service: str, error: str | None) -> str:
+    protocol = _protocol(service)
+    query = protocol in ("query", "ec2")
+    if error in (None, "AccessDenied", "AccessDeniedException"):
+        return "AccessDenied" if query else "AccessDeniedException"
+    if error in ("Throttling", "ThrottlingException"):
+        if query:
+            return "Throttling"
+        return "TooManyRequestsException" if protocol == "rest-json" else "ThrottlingException"
+    return error
+
+
+def _error_response(
+    service: str, code: str, message: str
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    status = _ERROR_STATUS.get(code, 400)
+    status_line = f"{status} {'Forbidden' if status == 403 else 'Error'}"
+    request_id = str(uuid.uuid4())
+    protocol = _protocol(service)
+    if protocol in ("query", "ec2"):
+        version = _service_model(service).api_version
+        body = (
+            f'<ErrorResponse xmlns="https://{service}.amazonaws.com/doc/{version}/">'
+            f"<Error><Type>Sender</Type><Code>{escape(code)}</Code>"
+            f"<Message>{escape(message)}</Message></Error>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+        ).encode()
+        headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
+    elif protocol == "rest-json":
+        body = json.dumps({"Type": "User", "message": message}).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("x-amzn-ErrorType", code),
+            ("x-amzn-RequestId", request_id),
+        ]
+    else:
+        body = json.dumps({"__type": code, "message": message}).encode()
+        headers = [
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("x-amzn-RequestId", request_id),
+        ]
+    headers.append(("Content-Length", str(len(body))))
+    return status_line, headers, body
+
+
+class _EmulatorApp:
+    """The WSGI layer around moto's application: call log, authentication, faults, patches."""
+
+    def __init__(self, emulator: AwsEmulator, app: Callable[..., Iterable[bytes]]) -> None:
+        self._emulator = emulator
+        self._app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        path = str(environ.get("PATH_INFO", ""))
+        credential = _CREDENTIAL.search(str(environ.get("HTTP_AUTHORIZATION", "")))
+        if path.startswith("/moto-api") or credential is None:
+            return self._forward(environ, start_response)
+
+        service = credential.group(4)
+        operation = _operation(service, environ, body)
+        step = environ.get("HTTP_" + STEP_HEADER.upper().replace("-", "_"))
+        emulator = self._emulator
+        emulator.calls.record(Call(service, operation, step))
+
+        refusal = emulator._authenticate(environ, body, credential)
+        if refusal is not None:
+            return self._reply(start_response, _error_response(service, *refusal))
+
+        rule = emulator.faults._take("api", service, operation, step)
+        message = f"keyrotor sandbox: injected fault in {operation}"
+        if rule is not None and rule.when == "before":
+            code = _error_code(service, rule.error)
+            return self._reply(start_response, _error_response(service, code, message))
+
+        status, headers, content = self._run(environ)
+        if rule is not None:
+            code = _error_code(service, rule.error)
+            return self._reply(start_response, _error_response(service, code, message))
+        return self._reply(start_response, (status, headers, content))
+
+    def _forward(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self._reply(start_response, self._run(environ))
+
+    def _run(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured["status"], captured["headers"] = status, headers
+            return chunks.append
+
+        with self._emulator._lock:
+            _context.emulator = self._emulator
+            try:
+                result = self._app(environ, capture)
+                try:
+                    chunks.extend(result)
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+            finally:
+                _context.emulator = None
+        return captured["status"], list(captured["headers"]), b"".join(chunks)
+
+    @staticmethod
+    def _reply(
+        start_response: Callable[..., Any], response: tuple[str, list[tuple[str, str]], bytes]
+    ) -> list[bytes]:
+        status, headers, content = response
+        start_response(status, headers)
+        return [content]
+
+
+class _Server(ThreadedMotoServer):
+    """moto's threaded server, with the emulator's WSGI layer around moto's application."""
+
+    def __init__(self, emulator: AwsEmulator, port: int) -> None:
+        super().__init__(ip_address="127.0.0.1", port=port, verbose=False)
+        self._emulator = emulator
+
+    def _server_entry(self) -> None:
+        app = _EmulatorApp(self._emulator, DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
+# --- the emulator --------------------------------------------------------------------------------
+
+
+class AwsEmulator:
+    """moto's threaded server on loopback, made to behave like AWS where our tests depend on it.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    region = REGION
+    account_id = ACCOUNT_ID
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        lambda_retries: int = LAMBDA_RETRIES,
+        fast_test_backoff: bool = True,
+    ) -> None:
+        self._port = port
+        self._server: _Server | None = None
+        self._lambda_retries = lambda_retries
+        self._fast_test_backoff = fast_test_backoff
+        # moto's backends are not thread-safe: requests and rotations take turns.
+        self._lock = threading.RLock()
+        self._rotations_changed = threading.Condition()
+        self._running: set[threading.Thread] = set()
+        self.calls = CallLog()
+        self.faults = Faults()
+        self.rotations: list[Rotation] = []
+        self.endpoint_url = ""
+
+    # lifecycle
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        _install_moto_patches()
+        if self._fast_test_backoff:
+            for name, value in _FAST_TEST_BACKOFF.items():
+                os.environ.setdefault(name, value)
+        self._server = _Server(self, self._port)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        logger.info("AWS emulator listening on %s", self.endpoint_url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        try:
+            self.wait_for_rotations(timeout=30)
+        except TimeoutError:
+            logger.warning("AWS emulator stopped with rotations still running")
+        self._server.stop()
+        self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # conveniences
+
+    def environ(self) -> dict[str, str]:
+        """Environment for a process (e.g. ``keyrotor run``) that should talk to the emulator."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": ROOT_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": ROOT_SECRET_ACCESS_KEY,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client pointed at the emulator (root credentials unless given)."""
+        session = boto3.session.Session(
+            aws_access_key_id=kwargs.pop("aws_access_key_id", ROOT_ACCESS_KEY_ID),
+            aws_secret_access_key=kwargs.pop("aws_secret_access_key", ROOT_SECRET_ACCESS_KEY),
+            region_name=kwargs.pop("region_name", self.region),
+        )
+        kwargs.setdefault("endpoint_url", self.endpoint_url)
+        return session.client(service, **kwargs)  # type: ignore[call-overload]
+
+    def create_iam_user(self, name: str, tags: Mapping[str, str] | None = None) -> str:
+        """Create an IAM user (with tags) and return its ARN."""
+        response = self.client("iam").create_user(
+            UserName=name, Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()]
+        )
+        return str(response["User"]["Arn"])
+
+    def wait_for_rotations(self, timeout: float = 60.0) -> None:
+        """Wait until no rotation is running; TimeoutError if one still is after ``timeout``."""
+        with self._rotations_changed:
+            if not self._rotations_changed.wait_for(lambda: not self._running, timeout):
+                raise TimeoutError(f"{len(self._running)} rotation(s) still running")
+
+    def rotations_of(self, secret_arn: str) -> list[Rotation]:
+        with self._lock:
+            return [r for r in self.rotations if r.secret_arn == secret_arn]
+
+    def run_due_rotations(self, now: datetime) -> list[str]:
+        """Start, as AWS's scheduler would, the rotation of every secret due at ``now``.
+
+        Returns the ARNs of the secrets whose rotation started.
+        """
+        from moto.secretsmanager.models import FakeSecret, secretsmanager_backends
+
+        started = []
+        with self._lock:
+            backend = secretsmanager_backends[self.account_id][self.region]
+            for secret in list(backend.secrets.values()):
+                if not isinstance(secret, FakeSecret) or secret.is_deleted():
+                    continue
+                due = secret.next_rotation_date
+                if not (secret.rotation_enabled and secret.rotation_lambda_arn and due):
+                    continue
+                if due > now.timestamp() or self._pending_elsewhere(secret):
+                    continue
+                self._start_rotation(secret, str(uuid.uuid4()), secret.rotation_lambda_arn)
+                started.append(secret.arn)
+        return started
+
+    # internals: authentication
+
+    def _authenticate(
+        self, environ: Mapping[str, Any], body: bytes, credential: re.Match[str]
+    ) -> tuple[str, str] | None:
+        """None when the request may proceed, else (error code, message)."""
+        key_id, _, region, service = credential.groups()
+        if key_id == ROOT_ACCESS_KEY_ID:
+            return None
+        from moto.iam.models import iam_backends
+
+        with self._lock:
+            found = None
+            for account in list(iam_backends.keys()):
+                iam = iam_backends[account]["aws"]
+                for user in list(iam.users.values()):
+                    for key in user.access_keys:
+                        if key.access_key_id == key_id:
+                            found = key
+        if found is None or found.status != "Active":
+            return (
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            )
+        if not self._signature_matches(environ, body, found.secret_access_key, region, service):
+            return (
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. "
+                "Check your AWS Secret Access Key and signing method.",
+            )
+        return None
+
+    @staticmethod
+    def _signature_matches(
+        environ: Mapping[str, Any], body: bytes, secret: str, region: str, service: str
+    ) -> bool:
+        authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+        signature = _SIGNATURE.search(authorization)
+        signed = _SIGNED_HEADERS.search(authorization)
+        key_id = _CREDENTIAL.search(authorization)
+        if signature is None or signed is None or key_id is None:
+            return False
+        headers = {}
+        for name in signed.group(1).split(";"):
+            if name == "content-type":
+                value = environ.get("CONTENT_TYPE")
+            elif name == "content-length":
+                value = environ.get("CONTENT_LENGTH")
+            else:
+                value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            if value is None:
+                return False
+            headers[name] = str(value)
+        raw_uri = str(environ.get("RAW_URI") or environ.get("PATH_INFO", "/"))
+        if "?" not in raw_uri and environ.get("QUERY_STRING"):
+            raw_uri += "?" + str(environ["QUERY_STRING"])
+        request = AWSRequest(
+            method=str(environ.get("REQUEST_METHOD", "GET")),
+            url=f"http://{headers.get('host', '127.0.0.1')}{raw_uri}",
+            data=body,
+            headers=headers,
+        )
+        request.context["timestamp"] = headers.get("x-amz-date", "")
+        auth = SigV4Auth(Credentials(key_id.group(1), secret), service, region)
+        canonical = auth.canonical_request(request)
+        expected = auth.signature(auth.string_to_sign(request, canonical), request)
+        return bool(expected == signature.group(1))
+
+    # internals: rotation
+
+    @staticmethod
+    def _pending_elsewhere(secret: Any) -> bool:
+        return any(
+            "AWSPENDING" in v["version_stages"] and "AWSCURRENT" not in v["version_stages"]
+            for v in secret.versions.values()
+        )
+
+    def _rotate_secret(
+        self,
+        backend: Any,
+        secret_id: str,
+        client_request_token: str | None = None,
+        rotation_lambda_arn: str | None = None,
+        rotation_rules: dict[str, Any] | None = None,
+        rotate_immediately: bool = True,
+    ) -> str:
+        """RotateSecret as AWS does it (runs in the server thread, under the lock)."""
+        from moto.awslambda.utils import get_backend
+        from moto.secretsmanager.exceptions import (
+            InvalidParameterException,
+            InvalidRequestException,
+            ResourceNotFoundException,
+            SecretNotFoundException,
+        )
+        from moto.secretsmanager.models import ReplicaSecret
+
+        if secret_id not in backend.secrets:
+            raise SecretNotFoundException()
+        secret = backend.secrets[secret_id]
+        if isinstance(secret, ReplicaSecret):
+            raise InvalidRequestException("You can't rotate a replica secret.")
+        if secret.is_deleted():
+            raise InvalidRequestException(
+                "You can't perform this operation on the secret because it was marked for deletion."
+            )
+        lambda_arn = rotation_lambda_arn or secret.rotation_lambda_arn
+        if not lambda_arn:
+            raise InvalidRequestException(
+                "No Lambda rotation function ARN is associated with this secret."
+            )
+        try:
+            get_backend(backend.account_id, backend.region_name).get_function(lambda_arn)
+        except Exception:
+            raise ResourceNotFoundException(f"Resource not found for ARN '{lambda_arn}'.") from None
+        if rotation_rules:
+            _validate_rules(rotation_rules)
+        if self._pending_elsewhere(secret):
+            raise InvalidRequestException(PREVIOUS_ROTATION_INCOMPLETE)
+        token = client_request_token or str(uuid.uuid4())
+        if not 32 <= len(token) <= 64:
+            raise InvalidParameterException("ClientRequestToken must be 32-64 characters long.")
+        if token in secret.versions:
+            raise InvalidRequestException(
+                f"You can't use ClientRequestToken {token} because that value is already in use "
+                f"for a version of secret {secret.arn}."
+            )
+
+        secret.rotation_lambda_arn = lambda_arn
+        secret.rotation_requested = True
+        secret.rotation_enabled = True
+        if rotation_rules:
+            secret.keyrotor_rotation_rules = dict(rotation_rules)
+            secret.auto_rotate_after_days = int(rotation_rules.get("AutomaticallyAfterDays") or 0)
+        elif getattr(secret, "keyrotor_rotation_rules", None) is None:
+            secret.keyrotor_rotation_rules = {}
+        self._schedule_next(secret, datetime.now(UTC))
+        if not rotate_immediately:
+            return json.dumps({"ARN": secret.arn, "Name": secret.name})
+        self._start_rotation(secret, token, lambda_arn)
+        return json.dumps({"ARN": secret.arn, "Name": secret.name, "VersionId": token})
+
+    @staticmethod
+    def _schedule_next(secret: Any, since: datetime) -> None:
+        interval = rotation_interval(getattr(secret, "keyrotor_rotation_rules", None) or {})
+        secret.next_rotation_date = int((since + interval).timestamp()) if interval else None
+
+    def _start_rotation(self, secret: Any, token: str, lambda_arn: str) -> None:
+        secret.versions[token] = {
+            "createdate": int(time.time()),
+            "version_id": token,
+            "version_stages": ["AWSPENDING"],
+        }
+        rotation = Rotation(secret.arn, token, lambda_arn, started=datetime.now(UTC))
+        self.rotations.append(rotation)
+        thread = threading.Thread(
+            target=self._run_rotation,
+            args=(rotation,),
+            name=f"rotation-{token[:8]}",
+            daemon=True,
+        )
+        with self._rotations_changed:
+            self._running.add(thread)
+        thread.start()
+
+    def _run_rotation(self, rotation: Rotation) -> None:
+        try:
+            for step in ROTATION_STEPS:
+                if not self._run_step(rotation, step):
+                    rotation.succeeded, rotation.failed_step = False, step
+                    logger.warning(
+                        "rotation of %s (version %s) stopped: %s failed %d times",
+                        rotation.secret_arn,
+                        rotation.token,
+                        step,
+                        self._lambda_retries + 1,
+                    )
+                    return
+            rotation.succeeded = True
+            self._rotation_succeeded(rotation)
+        except Exception:
+            rotation.succeeded = False
+            logger.exception("rotation of %s failed in the emulator", rotation.secret_arn)
+        finally:
+            rotation.finished = datetime.now(UTC)
+            with self._rotations_changed:
+                self._running.discard(threading.current_thread())
+                self._rotations_changed.notify_all()
+
+    def _rotation_succeeded(self, rotation: Rotation) -> None:
+        from moto.secretsmanager.models import FakeSecret, secretsmanager_backends
+
+        with self._lock:
+            backend = secretsmanager_backends[self.account_id][self.region]
+            secret = backend.secrets.get(rotation.secret_arn)
+            if isinstance(secret, FakeSecret):
+                secret.last_rotation_date = int(rotation.started.timestamp())
+                self._schedule_next(secret, rotation.started)
+
+    def _run_step(self, rotation: Rotation, step: str) -> bool:
+        event = {
+            "Step": step,
+            "SecretId": rotation.secret_arn,
+            "ClientRequestToken": rotation.token,
+        }
+        for _attempt in range(self._lambda_retries + 1):
+            try:
+                self._invoke(rotation.lambda_arn, step, event)
+                rotation.invocations.append((step, True))
+                return True
+            except Exception as error:
+                # The handler never puts a secret value in an exception message.
+                rotation.error = f"{type(error).__name__}: {error}"
+                rotation.invocations.append((step, False))
+                logger.info("%s of %s failed: %s", step, rotation.secret_arn, rotation.error)
+        return False
+
+    def _invoke(self, lambda_arn: str, step: str, event: dict[str, Any]) -> None:
+        handler_module, handler_name, code = self._lambda_code(lambda_arn)
+        crash = self.faults._take("lambda", "lambda", step, step)
+        if crash is not None and crash.when == "before":
+            raise InjectedLambdaCrash(f"keyrotor sandbox: injected crash before {step}")
+        with tempfile.TemporaryDirectory(prefix="keyrotor-lambda-") as task_root:
+            with zipfile.ZipFile(io.BytesIO(code)) as archive:
+                archive.extractall(task_root)
+            path = os.path.join(task_root, *handler_module.split(".")) + ".py"
+            spec = importlib.util.spec_from_file_location(handler_module, path)
+            if spec is None or spec.loader is None:
+                raise RuntimeError(f"cannot load {handler_module} from the function's code")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        if hasattr(module, "boto3"):
+            setattr(module, "boto3", _LambdaBoto3(self.endpoint_url, self.region, step))  # noqa: B010
+        getattr(module, handler_name)(event, _LambdaContext(lambda_arn))
+        if crash is not None:
+            raise InjectedLambdaCrash(f"keyrotor sandbox: injected crash after {step}")
+
+    def _lambda_code(self, lambda_arn: str) -> tuple[str, str, bytes]:
+        from moto.awslambda.utils import get_backend
+
+        with self._lock:
+            function = get_backend(self.account_id, self.region).get_function(lambda_arn)
+            handler = str(function.handler)
+            code = bytes(function.code_bytes)
+        module, _, name = handler.rpartition(".")
+        return module, name, code
