@@ -1,0 +1,52 @@
+"""Configuration is read once and a wrong value names the flag; `keyrotor run` exits with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from keyrotor.cli import build_parser, settings_from_args
+from keyrotor.settings import AllowRule, SettingsError
+
+
+def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYROTOR_CLUSTER_NAME", "prod-eu")
+    monkeypatch.setenv("KEYROTOR_ALLOW", "team-a:svc-*,team-b:b")
+    args = build_parser().parse_args(["run", "--sync-interval", "5m", "--namespace", "x"])
+    settings = settings_from_args(args)
+    assert settings.cluster_name == "prod-eu"
+    assert settings.sync_interval == 300
+    assert settings.namespaces == ("x",)
+    assert settings.allow == (AllowRule("team-a", "svc-*"), AllowRule("team-b", "b"))
+    assert settings.allow[0].matches("team-a", "svc-billing")
+    assert not settings.allow[0].matches("team-b", "svc-billing")
+    assert settings.secret_prefix == "keyrotor/prod-eu/"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["run", "--cluster-name", "Bad_Name"], "--cluster-name"),
+        (["run", "--sync-interval", "5"], "--sync-interval"),
+        (["run", "--sync-interval", "soon"], "--sync-interval"),
+        (["run", "--allow", "no-colon"], "--allow"),
+    ],
+)
+def test_bad_settings_name_the_flag(argv: list[str], flag: str) -> None:
+    with pytest.raises(SettingsError, match=flag):
+        settings_from_args(build_parser().parse_args(argv))
+
+
+def test_cli_exits_with_one_readable_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "keyrotor.cli", "run", "--cluster-name", "Bad_Name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keyrotor: --cluster-name")
