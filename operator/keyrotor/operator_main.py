@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, cast
 
 import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
 from keyrotor.k8s.client import KubeApis
+from keyrotor.k8s.events import post_event
 from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
 
 
 class StartupError(RuntimeError):
     """The operator cannot start; the message is one readable line."""
-
-
-def post_event(body: dict[str, Any], *, event_type: str, reason: str, message: str) -> None:
-    kopf.event(cast(kopf.Body, body), type=event_type, reason=reason, message=message)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -42,7 +38,7 @@ def make_runtime(settings: Settings) -> Runtime:
         kube=kube,
         account_id=str(identity["Account"]),
         partition=arn.split(":")[1],
-        emit=post_event,
+        emit=partial(post_event, kube),
     )
 
 
