@@ -29,12 +29,25 @@ if [[ -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" && -x "$out/
     exit 0
 fi
 
+# One build at a time per cache folder (make and the Python launcher both come through here).
+mkdir -p "$(dirname "$out")"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$(dirname "$out")/.build.lock"
+    if ! flock -n 9; then
+        echo "envtest: another build of $out is running; waiting for it" >&2
+        flock 9
+    fi
+    if [[ -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" && -x "$out/etcd" ]]; then
+        echo "envtest: up to date: $out" >&2
+        exit 0
+    fi
+fi
+
 if ! command -v go >/dev/null 2>&1; then
     echo "envtest: 'go' is not on PATH; install Go, or set KUBEBUILDER_ASSETS to a folder holding kube-apiserver and etcd" >&2
     exit 3
 fi
 
-mkdir -p "$(dirname "$out")"
 tmp=$(mktemp -d "$out.partial.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 

@@ -8,6 +8,7 @@ structural schema, a CEL rule and the status subresource.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -309,6 +310,7 @@ def test_port_taken_fails_with_one_readable_line(taken: str) -> None:
     if taken == "port":
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", kube.etcd_port), 2):
             pass
+    shutil.rmtree(workdir)
 
 
 def test_missing_binary_in_kubebuilder_assets_fails_with_one_readable_line(

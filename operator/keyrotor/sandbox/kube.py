@@ -35,7 +35,6 @@ import atexit
 import base64
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import re
@@ -51,7 +50,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -249,11 +248,9 @@ def ensure_binaries(*, build: bool = True, progress: TextIO | None = None) -> Bi
                 f"no kube-apiserver/etcd binaries in {directory} and `go` is not on PATH to build "
                 f"them; install Go, or set {ENV_ASSETS} to a folder holding kube-apiserver and etcd"
             )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(directory.parent / ".build.lock"):
-            if not _complete(directory):
-                _run_build(recipe, directory, progress if progress is not None else sys.stderr)
-                source = "built"
+        # build.sh takes a lock and re-checks, so concurrent callers build once.
+        _run_build(recipe, directory, progress if progress is not None else sys.stderr)
+        source = "built"
     return Binaries(
         directory=directory,
         kube_apiserver=directory / "kube-apiserver",
@@ -261,16 +258,6 @@ def ensure_binaries(*, build: bool = True, progress: TextIO | None = None) -> Bi
         kube_controller_manager=directory / "kube-controller-manager",
         source=source,
     )
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _GO_PACKAGE_LINE = re.compile(r"^[\w.\-~+]+(/[\w.\-~+]+)*$")
@@ -483,6 +470,19 @@ def _free_ports(count: int) -> list[int]:
 
 
 _KLOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+\] (.*)$")
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+
+
+def _klog_text(message: str) -> str:
+    """klog structured `"msg" err="..."` as `msg: ...`; other messages unchanged."""
+    head = re.match(_QUOTED, message)
+    if head is None:
+        return message
+    err = re.search(r"\berr=" + _QUOTED, message[head.end() :])
+    parts = [head.group(1)] + ([err.group(1)] if err else [])
+    with contextlib.suppress(ValueError):
+        parts = [json.loads(f'"{part}"') for part in parts]
+    return ": ".join(parts)
 
 
 def _log_tail(path: Path, lines: int = 200) -> list[str]:
@@ -521,9 +521,9 @@ def _log_cause(lines: Sequence[str]) -> str | None:
         else:
             match = _KLOG_LINE.match(text)
             if match and match.group(1) == "F":
-                ranked[2] = match.group(2)
+                ranked[2] = _klog_text(match.group(2))
             elif match and match.group(1) == "E":
-                ranked[4] = match.group(2)
+                ranked[4] = _klog_text(match.group(2))
             elif text.startswith(("panic: ", "fatal error: ")):
                 ranked[1] = text
     for rank in sorted(ranked):
