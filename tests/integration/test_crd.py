@@ -26,7 +26,9 @@ CRD_PATH = ROOT / "crds" / "keyrotor.io_accesskeyrotations.yaml"
 RBAC_PATH = ROOT / "deploy" / "base" / "rbac.yaml"
 EXAMPLE_PATH = ROOT / "deploy" / "examples" / "accesskeyrotation.yaml"
 IAM_POLICY_PATH = ROOT / "deploy" / "examples" / "operator-iam-policy.json"
-HELM_CRD_PATH = ROOT / "deploy" / "helm" / "keyrotor" / "crds" / CRD_PATH.name
+HELM_CHART = ROOT / "deploy" / "helm" / "keyrotor"
+HELM_CRD_PATH = HELM_CHART / "crds" / CRD_PATH.name
+HELM_RULES_PATH = HELM_CHART / "files" / "operator-rules.yaml"
 
 GROUP = "keyrotor.io"
 VERSION = "v1alpha1"
@@ -171,10 +173,13 @@ def test_operator_iam_policy_is_valid_json() -> None:
     assert len(sids) == len(set(sids))
 
 
-def test_helm_chart_ships_the_same_crd() -> None:
+def test_helm_chart_ships_the_same_crd_and_operator_rules() -> None:
+    """Helm can only read files inside the chart: its copies must not drift from the originals."""
     if not HELM_CRD_PATH.exists():
         pytest.skip("no Helm chart")
     assert HELM_CRD_PATH.read_text() == CRD_PATH.read_text()
+    (role,) = [d for d in yaml.safe_load_all(RBAC_PATH.read_text()) if d["kind"] == "ClusterRole"]
+    assert yaml.safe_load(HELM_RULES_PATH.read_text()) == role["rules"]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not found")
