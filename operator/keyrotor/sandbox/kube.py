@@ -274,7 +274,7 @@ def _run_build(recipe: Path, out: Path, progress: TextIO) -> None:
     say(f"building kube-apiserver, kube-controller-manager and etcd into {out} (several minutes)")
     env = dict(os.environ, ENVTEST_GO_BUILD_FLAGS="-v")
     tail: list[str] = []
-    packages = 0
+    packages = downloads = 0
     last_report = started
     proc = subprocess.Popen(
         ["bash", str(recipe / "build.sh"), str(out)],
@@ -293,13 +293,19 @@ def _run_build(recipe: Path, out: Path, progress: TextIO) -> None:
             if not line:
                 continue
             tail = [*tail[-39:], line]
-            if _GO_PACKAGE_LINE.match(line):
-                packages += 1
+            if _GO_PACKAGE_LINE.match(line) or line.startswith("go: downloading"):
+                if line.startswith("go: "):
+                    downloads += 1
+                else:
+                    packages += 1
                 now = time.monotonic()
                 if now - last_report >= 15:
                     last_report = now
-                    say(f"{packages} packages compiled, {now - started:.0f}s, at {line}")
-            elif not line.startswith("go: downloading"):
+                    say(
+                        f"{now - started:.0f}s: {downloads} modules downloaded, "
+                        f"{packages} packages compiled"
+                    )
+            else:
                 say(line)
         rc = proc.wait()
     except BaseException:
