@@ -139,8 +139,10 @@ def _iam_client(
         return boto3.client("iam")  # the Lambda's own role
     if not isinstance(master, str):
         raise RotationError(f"secret {metadata['ARN']} has a 'masterarn' that is not a string")
-    creds = current if _same_secret(master, metadata) else _read_json(
-        sm, master, VersionStage=AWSCURRENT
+    creds = (
+        current
+        if _same_secret(master, metadata)
+        else _read_json(sm, master, VersionStage=AWSCURRENT)
     )
     access, secret = creds.get("accesskey"), creds.get("secretkey")
     if not isinstance(access, str) or not access or not isinstance(secret, str) or not secret:
@@ -203,8 +205,12 @@ def _create_secret(
     # Manager dates are compared at one-second precision, the coarser of the two.
     for key in list(keys):
         if key["AccessKeyId"] != current_key and _seconds(key["CreateDate"]) >= pending_since:
-            logger.info("createSecret: deleting key %s of %s left by an earlier attempt of %s",
-                        key["AccessKeyId"], user, token)
+            logger.info(
+                "createSecret: deleting key %s of %s left by an earlier attempt of %s",
+                key["AccessKeyId"],
+                user,
+                token,
+            )
             iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
             keys.remove(key)
 
@@ -263,8 +269,12 @@ def _discard_key(iam: IAMClient, user: str, key_id: str) -> None:
         iam.delete_access_key(UserName=user, AccessKeyId=key_id)
         logger.info("createSecret: deleted unstored key %s of %s", key_id, user)
     except Exception as error:  # best effort: the next attempt's orphan sweep removes it
-        logger.warning("createSecret: could not delete unstored key %s of %s: %s",
-                       key_id, user, type(error).__name__)
+        logger.warning(
+            "createSecret: could not delete unstored key %s of %s: %s",
+            key_id,
+            user,
+            type(error).__name__,
+        )
 
 
 def _test_secret(
@@ -300,8 +310,9 @@ def _test_secret(
                     f"pending key {key_id} of IAM user {user} (secret {arn}, version {token}) "
                     f"was refused by STS with {code} after {attempts} attempts"
                 ) from None
-            logger.info("testSecret: key %s not accepted yet (%s), retrying in %.3gs",
-                        key_id, code, delay)
+            logger.info(
+                "testSecret: key %s not accepted yet (%s), retrying in %.3gs", key_id, code, delay
+            )
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
     if caller != expected:
@@ -324,8 +335,9 @@ def _finish_secret(
         sm.update_secret_version_stage(
             SecretId=arn, VersionStage=AWSCURRENT, MoveToVersionId=token, **kwargs
         )
-        logger.info("finishSecret: version %s of %s is now AWSCURRENT (was %s)",
-                    token, arn, current)
+        logger.info(
+            "finishSecret: version %s of %s is now AWSCURRENT (was %s)", token, arn, current
+        )
     if AWSPENDING in stages:
         sm.update_secret_version_stage(
             SecretId=arn, VersionStage=AWSPENDING, RemoveFromVersionId=token

@@ -1,0 +1,488 @@
+"""One test per AWS behaviour the emulator restores (keyrotor.sandbox.aws), and its test tools."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from keyrotor.aws.lambda_package import HANDLER, build_zip
+from keyrotor.sandbox.aws import LAMBDA_RETRIES, PREVIOUS_ROTATION_INCOMPLETE, AwsEmulator
+from tests.fixtures.aws import create_user_secret
+
+MARKER_HANDLER = textwrap.dedent(
+    """
+    import json
+    import boto3
+
+    MARKER = "{marker}"
+
+    def lambda_handler(event, context):
+        sm = boto3.client("secretsmanager")
+        arn, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
+        if step == "createSecret":
+            sm.put_secret_value(SecretId=arn, ClientRequestToken=token,
+                                SecretString=json.dumps({{"marker": MARKER}}),
+                                VersionStages=["AWSPENDING"])
+        elif step == "finishSecret":
+            stages = sm.describe_secret(SecretId=arn)["VersionIdsToStages"]
+            current = next(v for v, s in stages.items() if "AWSCURRENT" in s)
+            sm.update_secret_version_stage(SecretId=arn, VersionStage="AWSCURRENT",
+                                           MoveToVersionId=token, RemoveFromVersionId=current)
+            sm.update_secret_version_stage(SecretId=arn, VersionStage="AWSPENDING",
+                                           RemoveFromVersionId=token)
+    """
+)
+
+
+def _stages(aws: AwsEmulator, arn: str) -> dict[str, list[str]]:
+    return dict(aws.client("secretsmanager").describe_secret(SecretId=arn)["VersionIdsToStages"])
+
+
+def _holder(stages: dict[str, list[str]], label: str) -> str | None:
+    return next((v for v, s in stages.items() if label in s), None)
+
+
+def _code(error: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(error.value.response["Error"]["Code"])
+
+
+def _marker_function(aws: AwsEmulator, marker: str) -> str:
+    role = aws.client("iam").create_role(
+        RoleName=f"marker-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
+    return str(
+        aws.client("lambda").create_function(
+            FunctionName=f"marker-{uuid.uuid4().hex[:8]}",
+            Runtime="python3.12",
+            Role=role,
+            Handler=HANDLER,
+            Code={"ZipFile": build_zip(MARKER_HANDLER.format(marker=marker).encode())},
+        )["FunctionArn"]
+    )
+
+
+def _plain_secret(aws: AwsEmulator, value: str = "v1") -> str:
+    name = f"plain/{uuid.uuid4().hex}"
+    return str(aws.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"])
+
+
+# 1. Rotation runs the uploaded Lambda
+
+
+def test_rotate_secret_runs_the_uploaded_handler(aws: AwsEmulator) -> None:
+    sm, lam = aws.client("secretsmanager"), aws.client("lambda")
+    function = _marker_function(aws, "first upload")
+    arn = _plain_secret(aws)
+    token = str(uuid.uuid4())
+
+    response = sm.rotate_secret(SecretId=arn, RotationLambdaARN=function, ClientRequestToken=token)
+    assert response["VersionId"] == token
+    aws.wait_for_rotations()
+    assert json.loads(sm.get_secret_value(SecretId=arn)["SecretString"]) == {
+        "marker": "first upload"
+    }
+    assert sm.get_secret_value(SecretId=arn)["VersionId"] == token
+
+    lam.update_function_code(
+        FunctionName=function,
+        ZipFile=build_zip(MARKER_HANDLER.format(marker="second upload").encode()),
+    )
+    sm.rotate_secret(SecretId=arn)
+    aws.wait_for_rotations()
+    assert json.loads(sm.get_secret_value(SecretId=arn)["SecretString"]) == {
+        "marker": "second upload"
+    }
+    steps = [r.invocations for r in aws.rotations_of(arn)]
+    assert (
+        steps
+        == [[(s, True) for s in ("createSecret", "setSecret", "testSecret", "finishSecret")]] * 2
+    )
+
+
+def test_failing_step_is_retried_then_stops(
+    aws: AwsEmulator, iam_user: str, rotation_lambda_arn: str
+) -> None:
+    sm = aws.client("secretsmanager")
+    arn = create_user_secret(aws, iam_user, with_key=True)
+    before = _stages(aws, arn)
+    aws.faults.crash_lambda("testSecret", times=LAMBDA_RETRIES + 1)
+
+    token = sm.rotate_secret(SecretId=arn, RotationLambdaARN=rotation_lambda_arn)["VersionId"]
+    aws.wait_for_rotations()
+
+    (rotation,) = aws.rotations_of(arn)
+    assert rotation.succeeded is False and rotation.failed_step == "testSecret"
+    assert rotation.invocations == [
+        ("createSecret", True),
+        ("setSecret", True),
+        *[("testSecret", False)] * (LAMBDA_RETRIES + 1),
+    ]
+    after = _stages(aws, arn)
+    assert _holder(after, "AWSCURRENT") == _holder(before, "AWSCURRENT")
+    assert _holder(after, "AWSPENDING") == token
+
+
+def test_failing_step_recovers_on_lambda_retry(
+    aws: AwsEmulator, iam_user: str, rotation_lambda_arn: str
+) -> None:
+    sm = aws.client("secretsmanager")
+    arn = create_user_secret(aws, iam_user, with_key=True)
+    aws.faults.crash_lambda("finishSecret")
+    token = sm.rotate_secret(SecretId=arn, RotationLambdaARN=rotation_lambda_arn)["VersionId"]
+    aws.wait_for_rotations()
+    (rotation,) = aws.rotations_of(arn)
+    assert rotation.succeeded is True
+    assert rotation.invocations[-2:] == [("finishSecret", False), ("finishSecret", True)]
+    assert _stages(aws, arn)[token] == ["AWSCURRENT"]
+
+
+# 2. RotateSecret refuses while a rotation is incomplete
+
+
+def test_rotate_secret_refuses_while_previous_rotation_is_incomplete(
+    aws: AwsEmulator, iam_user: str, rotation_lambda_arn: str
+) -> None:
+    sm = aws.client("secretsmanager")
+    arn = create_user_secret(aws, iam_user, with_key=True)
+    aws.faults.crash_lambda("createSecret", times=LAMBDA_RETRIES + 1)
+    failed = sm.rotate_secret(SecretId=arn, RotationLambdaARN=rotation_lambda_arn)["VersionId"]
+    aws.wait_for_rotations()
+
+    with pytest.raises(ClientError) as refused:
+        sm.rotate_secret(SecretId=arn)
+    assert _code(refused) == "InvalidRequestException"
+    assert PREVIOUS_ROTATION_INCOMPLETE in str(refused.value)
+
+    # What the operator does: take AWSPENDING off the failed version, then rotate again.
+    sm.update_secret_version_stage(
+        SecretId=arn, VersionStage="AWSPENDING", RemoveFromVersionId=failed
+    )
+    second = sm.rotate_secret(SecretId=arn)["VersionId"]
+    aws.wait_for_rotations()
+    third = sm.rotate_secret(SecretId=arn)["VersionId"]  # after a clean rotation: allowed
+    aws.wait_for_rotations()
+    stages = _stages(aws, arn)
+    assert stages[third] == ["AWSCURRENT"] and stages[second] == ["AWSPREVIOUS"]
+    assert _holder(stages, "AWSPENDING") is None
+
+
+# 3. The AWSCURRENT version is the default version
+
+
+def test_get_secret_value_follows_awscurrent_after_stage_move(aws: AwsEmulator) -> None:
+    sm = aws.client("secretsmanager")
+    arn = _plain_secret(aws, "old")
+    first = sm.get_secret_value(SecretId=arn)["VersionId"]
+    second = sm.put_secret_value(SecretId=arn, SecretString="new", VersionStages=["STAGED"])[
+        "VersionId"
+    ]
+    sm.update_secret_version_stage(
+        SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=second, RemoveFromVersionId=first
+    )
+    assert sm.get_secret_value(SecretId=arn)["SecretString"] == "new"
+    batch = sm.batch_get_secret_value(SecretIdList=[arn])["SecretValues"]
+    assert [(v["VersionId"], v["SecretString"]) for v in batch] == [(second, "new")]
+    # and a later PutSecretValue(AWSCURRENT) demotes the right version
+    third = sm.put_secret_value(SecretId=arn, SecretString="newer")["VersionId"]
+    stages = _stages(aws, arn)
+    assert stages[third] == ["AWSCURRENT"] and "AWSPREVIOUS" in stages[second]
+
+
+def test_plain_moto_still_returns_the_old_value_after_stage_move() -> None:
+    """Why fix 3 exists: moto 5.2.5 alone gets it wrong (if this fails, moto fixed it: drop fix 3)."""
+    with mock_aws():
+        sm = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = sm.create_secret(Name="plain", SecretString="old")["ARN"]
+        first = sm.get_secret_value(SecretId=arn)["VersionId"]
+        second = sm.put_secret_value(SecretId=arn, SecretString="new", VersionStages=["X"])[
+            "VersionId"
+        ]
+        sm.update_secret_version_stage(
+            SecretId=arn,
+            VersionStage="AWSCURRENT",
+            MoveToVersionId=second,
+            RemoveFromVersionId=first,
+        )
+        assert sm.get_secret_value(SecretId=arn)["SecretString"] == "old"
+
+
+# 4. Rotation rules
+
+
+@pytest.mark.parametrize(
+    ("rules", "interval"),
+    [
+        ({"ScheduleExpression": "rate(10 days)", "Duration": "3h"}, timedelta(days=10)),
+        ({"ScheduleExpression": "rate(4 hours)"}, timedelta(hours=4)),
+        ({"AutomaticallyAfterDays": 30}, timedelta(days=30)),
+        ({"ScheduleExpression": "cron(0 4 1 * ? *)", "Duration": "2h"}, None),
+    ],
+)
+def test_rotation_rules_are_reported(
+    aws: AwsEmulator, rotation_lambda_arn: str, rules: dict[str, Any], interval: timedelta | None
+) -> None:
+    sm = aws.client("secretsmanager")
+    arn = _plain_secret(aws)
+    start = datetime.now(UTC).replace(microsecond=0)
+    sm.rotate_secret(
+        SecretId=arn,
+        RotationLambdaARN=rotation_lambda_arn,
+        RotationRules=rules,
+        RotateImmediately=False,
+    )
+    end = datetime.now(UTC)
+    described = sm.describe_secret(SecretId=arn)
+    assert described["RotationEnabled"] is True
+    assert described["RotationLambdaARN"] == rotation_lambda_arn
+    assert described["RotationRules"] == rules
+    if interval is None:
+        assert described.get("NextRotationDate") is None
+    else:
+        assert start + interval <= described["NextRotationDate"] <= end + interval
+    listed = sm.list_secrets(Filters=[{"Key": "name", "Values": [described["Name"]]}])
+    assert listed["SecretList"][0]["RotationRules"] == rules
+
+
+def test_invalid_schedule_is_refused(aws: AwsEmulator, rotation_lambda_arn: str) -> None:
+    sm = aws.client("secretsmanager")
+    with pytest.raises(ClientError) as refused:
+        sm.rotate_secret(
+            SecretId=_plain_secret(aws),
+            RotationLambdaARN=rotation_lambda_arn,
+            RotationRules={"ScheduleExpression": "every tuesday"},
+        )
+    assert _code(refused) == "InvalidParameterException"
+
+
+def test_rotate_immediately_false_does_not_rotate(
+    aws: AwsEmulator, iam_user: str, rotation_lambda_arn: str
+) -> None:
+    sm, iam = aws.client("secretsmanager"), aws.client("iam")
+    arn = create_user_secret(aws, iam_user, with_key=True)
+    before, keys = _stages(aws, arn), iam.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]
+    response = sm.rotate_secret(
+        SecretId=arn,
+        RotationLambdaARN=rotation_lambda_arn,
+        RotationRules={"ScheduleExpression": "rate(1 days)"},
+        RotateImmediately=False,
+    )
+    aws.wait_for_rotations()
+    assert "VersionId" not in response
+    assert aws.rotations_of(arn) == []
+    assert _stages(aws, arn) == before
+    assert iam.list_access_keys(UserName=iam_user)["AccessKeyMetadata"] == keys
+
+
+# 5. Versions keep their creation date
+
+
+def test_list_secret_version_ids_reports_creation_dates(aws: AwsEmulator) -> None:
+    from moto.secretsmanager.models import secretsmanager_backends
+
+    sm = aws.client("secretsmanager")
+    arn = _plain_secret(aws)
+    version = sm.get_secret_value(SecretId=arn)["VersionId"]
+    # Date the version back directly in moto's state (no test can wait a day).
+    secret = secretsmanager_backends[aws.account_id][aws.region].secrets[arn]
+    secret.versions[version]["createdate"] = 1_600_000_000
+    (listed,) = sm.list_secret_version_ids(SecretId=arn)["Versions"]
+    assert listed["CreatedDate"] == datetime.fromtimestamp(1_600_000_000, UTC)
+
+
+# 6. Access keys are authenticated
+
+
+def test_deleted_and_inactive_keys_are_refused(aws: AwsEmulator, iam_user: str) -> None:
+    iam = aws.client("iam")
+    key = iam.create_access_key(UserName=iam_user)["AccessKey"]
+    creds = {
+        "aws_access_key_id": key["AccessKeyId"],
+        "aws_secret_access_key": key["SecretAccessKey"],
+    }
+    sts, as_user = aws.client("sts", **creds), aws.client("iam", **creds)
+    user_arn = iam.get_user(UserName=iam_user)["User"]["Arn"]
+
+    assert sts.get_caller_identity()["Arn"] == user_arn
+    assert as_user.get_user(UserName=iam_user)["User"]["Arn"] == user_arn
+
+    iam.update_access_key(UserName=iam_user, AccessKeyId=key["AccessKeyId"], Status="Inactive")
+    for call in (sts.get_caller_identity, lambda: as_user.get_user(UserName=iam_user)):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert _code(refused) == "InvalidClientTokenId"
+
+    iam.update_access_key(UserName=iam_user, AccessKeyId=key["AccessKeyId"], Status="Active")
+    assert sts.get_caller_identity()["Arn"] == user_arn
+
+    iam.delete_access_key(UserName=iam_user, AccessKeyId=key["AccessKeyId"])
+    with pytest.raises(ClientError) as refused:
+        sts.get_caller_identity()
+    assert _code(refused) == "InvalidClientTokenId"
+
+    unknown = aws.client("sts", aws_access_key_id="AKIAXXXXXXXXXXXXXXXX", aws_secret_access_key="x")
+    with pytest.raises(ClientError) as refused:
+        unknown.get_caller_identity()
+    assert _code(refused) == "InvalidClientTokenId"
+
+
+def test_wrong_secret_is_refused(aws: AwsEmulator, iam_user: str) -> None:
+    key = aws.client("iam").create_access_key(UserName=iam_user)["AccessKey"]
+    good = {
+        "aws_access_key_id": key["AccessKeyId"],
+        "aws_secret_access_key": key["SecretAccessKey"],
+    }
+    # Correctly signed requests pass in every wire protocol (query, JSON, REST-JSON).
+    aws.client("sts", **good).get_caller_identity()
+    aws.client("secretsmanager", **good).list_secrets()
+    aws.client("lambda", **good).list_functions()
+
+    wrong = dict(good, aws_secret_access_key=key["SecretAccessKey"][:-1] + "x")
+    for service, call in (
+        ("sts", lambda c: c.get_caller_identity()),
+        ("secretsmanager", lambda c: c.list_secrets()),
+    ):
+        with pytest.raises(ClientError) as refused:
+            call(aws.client(service, **wrong))
+        assert _code(refused) == "SignatureDoesNotMatch"
+
+
+# 7. The scheduler
+
+
+def test_run_due_rotations_rotates_secrets_that_are_due(
+    aws: AwsEmulator, iam_user: str, rotation_lambda_arn: str
+) -> None:
+    sm = aws.client("secretsmanager")
+    arn = create_user_secret(aws, iam_user, with_key=True)
+    sm.rotate_secret(
+        SecretId=arn,
+        RotationLambdaARN=rotation_lambda_arn,
+        RotationRules={"ScheduleExpression": "rate(1 days)"},
+        RotateImmediately=False,
+    )
+    due = sm.describe_secret(SecretId=arn)["NextRotationDate"]
+    before = _stages(aws, arn)
+
+    assert arn not in aws.run_due_rotations(due - timedelta(seconds=1))
+    assert arn in aws.run_due_rotations(due)
+    aws.wait_for_rotations()
+
+    after = sm.describe_secret(SecretId=arn)
+    assert _holder(after["VersionIdsToStages"], "AWSCURRENT") not in before
+    assert after["NextRotationDate"] > due - timedelta(days=1)
+    assert after["LastRotatedDate"] is not None
+    assert arn not in aws.run_due_rotations(due)  # rescheduled a day later
+
+
+# Test tools: fault injection and the call log
+
+
+@pytest.mark.parametrize(
+    ("service", "call", "code"),
+    [
+        ("iam", lambda c: c.list_users(), "AccessDenied"),
+        ("sts", lambda c: c.get_caller_identity(), "AccessDenied"),
+        ("secretsmanager", lambda c: c.list_secrets(), "AccessDeniedException"),
+        ("lambda", lambda c: c.list_functions(), "AccessDeniedException"),
+    ],
+)
+def test_fault_speaks_each_wire_protocol(
+    aws: AwsEmulator, service: str, call: Any, code: str
+) -> None:
+    operation = {
+        "iam": "ListUsers",
+        "sts": "GetCallerIdentity",
+        "secretsmanager": "ListSecrets",
+        "lambda": "ListFunctions",
+    }[service]
+    aws.faults.fail(operation)
+    client = aws.client(service)
+    with pytest.raises(ClientError) as failed:
+        call(client)
+    assert _code(failed) == code
+    call(client)  # only the first call fails
+    assert [f.operation for f in aws.faults.fired] == [operation]
+
+
+def test_fault_before_means_nothing_happened(aws: AwsEmulator) -> None:
+    name = f"u-{uuid.uuid4().hex[:10]}"
+    aws.faults.fail("CreateUser", when="before")
+    iam = aws.client("iam")
+    with pytest.raises(ClientError):
+        iam.create_user(UserName=name)
+    with pytest.raises(ClientError) as missing:
+        iam.get_user(UserName=name)
+    assert _code(missing) == "NoSuchEntity"
+
+
+def test_fault_after_is_a_lost_response(aws: AwsEmulator) -> None:
+    name = f"u-{uuid.uuid4().hex[:10]}"
+    aws.faults.fail("CreateUser", when="after")
+    iam = aws.client("iam")
+    with pytest.raises(ClientError):
+        iam.create_user(UserName=name)
+    assert iam.get_user(UserName=name)["User"]["UserName"] == name
+
+
+def test_fault_hits_the_nth_call_only(aws: AwsEmulator, iam_user: str) -> None:
+    iam = aws.client("iam")
+    aws.faults.fail("GetUser", nth=2)
+    iam.get_user(UserName=iam_user)
+    with pytest.raises(ClientError):
+        iam.get_user(UserName=iam_user)
+    iam.get_user(UserName=iam_user)
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "call", "code"),
+    [
+        ("secretsmanager", "ListSecrets", lambda c: c.list_secrets(), "ThrottlingException"),
+        ("iam", "ListUsers", lambda c: c.list_users(), "Throttling"),
+        ("lambda", "ListFunctions", lambda c: c.list_functions(), "TooManyRequestsException"),
+    ],
+)
+def test_throttling_is_retried_by_botocore(
+    aws: AwsEmulator, service: str, operation: str, call: Any, code: str
+) -> None:
+    aws.faults.fail(operation, error="ThrottlingException")
+    aws.calls.reset()
+    call(aws.client(service))  # botocore retries throttling by itself
+    assert aws.calls.count(operation, service) == 2
+
+    aws.faults.fail(operation, error="ThrottlingException")
+    with pytest.raises(ClientError) as failed:
+        call(aws.client(service, config=Config(retries={"total_max_attempts": 1})))
+    assert _code(failed) == code
+
+
+def test_call_log_records_and_resets(aws: AwsEmulator) -> None:
+    aws.calls.reset()
+    aws.client("iam").list_users()
+    aws.client("secretsmanager").list_secrets()
+    assert aws.calls.pairs() == [("iam", "ListUsers"), ("secretsmanager", "ListSecrets")]
+    assert aws.calls.count("ListUsers") == 1
+    aws.calls.reset()
+    assert len(aws.calls) == 0
+
+
+def test_environ_points_a_process_at_the_emulator(aws: AwsEmulator) -> None:
+    env = aws.environ()
+    assert env["AWS_ENDPOINT_URL"] == aws.endpoint_url
+    assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    assert env["AWS_DEFAULT_REGION"] == aws.region == "us-east-1"
+    session = boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    identity = session.client("sts", endpoint_url=env["AWS_ENDPOINT_URL"]).get_caller_identity()
+    assert identity["Account"] == aws.account_id
