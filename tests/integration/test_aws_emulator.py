@@ -198,7 +198,7 @@ def test_get_secret_value_follows_awscurrent_after_stage_move(aws: AwsEmulator) 
 
 
 def test_plain_moto_still_returns_the_old_value_after_stage_move() -> None:
-    """Why fix 3 exists: moto 5.2.5 alone gets it wrong (if this fails, moto fixed it: drop fix 3)."""
+    """Why fix 3 exists: moto 5.2.5 alone gets it wrong (when this fails, drop fix 3)."""
     with mock_aws():
         sm = boto3.client("secretsmanager", region_name="us-east-1")
         arn = sm.create_secret(Name="plain", SecretString="old")["ARN"]
