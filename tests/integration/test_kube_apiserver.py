@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from keyrotor.sandbox import kube as sandbox_kube
 from keyrotor.sandbox.kube import (
+    ADMIN_USER,
     OPERATOR_GROUPS,
     OPERATOR_USER,
     KubeApiServer,
@@ -189,6 +190,22 @@ def test_operator_identity_is_the_operators_service_account(kube_operator_api: A
     )
     assert review.status.user_info.username == OPERATOR_USER
     assert set(OPERATOR_GROUPS) <= set(review.status.user_info.groups)
+
+
+@pytest.mark.parametrize("identity", ["admin", "operator"])
+def test_kubeconfigs_reach_the_server_as_their_identity(
+    kube_apiserver: KubeApiServer, identity: str
+) -> None:
+    kubeconfig = getattr(kube_apiserver, f"{identity}_kubeconfig")
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        review = client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        )
+    finally:
+        api.close()
+    expected = {"admin": ADMIN_USER, "operator": OPERATOR_USER}[identity]
+    assert review.status.user_info.username == expected
 
 
 def test_operator_identity_is_denied_what_rbac_does_not_grant(

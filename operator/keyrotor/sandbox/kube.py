@@ -711,7 +711,6 @@ class KubeApiServer:
         self._started = True
         began = time.monotonic()
         self.binaries = ensure_binaries(build=self._build, progress=self._progress)
-        atexit.register(self.stop)
         auto_ports = all(p is None for p in self._fixed_ports)
         attempts = 3 if auto_ports else 1
         for attempt in range(1, attempts + 1):
@@ -848,6 +847,7 @@ class KubeApiServer:
     def _start_once(self) -> None:
         assert self.binaries is not None
         self._workdir = Path(tempfile.mkdtemp(prefix="keyrotor-kube-"))
+        atexit.register(self.stop)  # in case the caller never stops us
         (self.workdir / "logs").mkdir()
         fixed_api, fixed_etcd, fixed_peer = self._fixed_ports
         auto = iter(_free_ports(4))
