@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.aws", "tests.fixtures.kube"]
+pytest_plugins = ["tests.fixtures.aws", "tests.fixtures.kube", "tests.fixtures.operator"]

@@ -29,14 +29,17 @@ from keyrotor.runtime import Runtime
 from keyrotor.sync import SyncLoop
 
 RESOURCE = (GROUP, VERSION, PLURAL)
+KOPF_PREFIX = f"kopf.{GROUP}"
 
 
 @kopf.on.startup()
 async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # kopf ignores every annotation under the prefix of its own storage when it compares
+    # objects, so it must not be keyrotor.io itself: keyrotor.io/rotate-now has to count.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
     settings.execution.max_workers = 8

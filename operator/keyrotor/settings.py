@@ -88,8 +88,10 @@ class Settings:
 def parse_interval_setting(flag: str, text: str) -> float:
     """Seconds from ``300``, ``300s``, ``5m`` or ``1h``."""
     try:
-        if text.isdigit():
+        try:
             return float(text)
+        except ValueError:
+            pass
         return parse_duration(text, units="smhd").total_seconds()
     except ValueError as exc:
         raise SettingsError(f"{flag} {text!r}: {exc}") from None
