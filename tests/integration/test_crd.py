@@ -626,7 +626,7 @@ class TestStatus:
         assert spec_via_status["spec"] == {"iamUser": "u"}
 
     def test_unknown_status_fields_are_pruned_but_effective_is_kept(self, objects: Objects) -> None:
-        """Status stays clean: kopf keeps its progress in keyrotor.io annotations, not here."""
+        """Status stays clean: kopf keeps its progress in kopf.keyrotor.io/ annotations."""
         name = objects.create({"iamUser": "u"})["metadata"]["name"]
         written = objects.patch_status(
             name, {"kopf": {"progress": {"x": {}}}, "effective": {"free": {"form": True}}}
@@ -812,7 +812,7 @@ def test_operator_identity_can_work_with_the_objects(
         {
             "metadata": {
                 "finalizers": ["keyrotor.io/finalizer"],
-                "annotations": {"keyrotor.io/last-handled-configuration": "{}"},
+                "annotations": {"kopf.keyrotor.io/last-handled-configuration": "{}"},
             }
         },
     )
