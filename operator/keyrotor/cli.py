@@ -86,19 +86,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from keyrotor import demo
+        from keyrotor.demo import main as demo_main
 
-        return demo.main(keep_going=args.keep_going)
+        return demo_main(keep_going=args.keep_going)
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:
         print(f"keyrotor: {exc}", file=sys.stderr)
         return 2
-    from keyrotor import operator_main
+    from keyrotor.operator_main import StartupError, run
 
     try:
-        return operator_main.run(settings, verbose=args.verbose)
-    except operator_main.StartupError as exc:
+        return run(settings, verbose=args.verbose)
+    except StartupError as exc:
         print(f"keyrotor: {exc}", file=sys.stderr)
         return 1
 

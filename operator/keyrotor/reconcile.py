@@ -389,6 +389,10 @@ def sync_current_key(
     if rotated:
         _restart_workloads(rt, namespace, spec, key.version_id, outcome)
         if old_key and old_key != key.access_key_id:
+            if spec.previous_key_action != "Keep":
+                rt.index.update(
+                    namespace, name, uid, previous_key_due=now + spec.previous_key_after
+                )
             outcome.facts["previousKey"] = {
                 "accessKeyId": old_key,
                 "state": "Active",
@@ -493,7 +497,8 @@ def apply_outcome(rt: Runtime, body: Mapping[str, Any], outcome: Outcome) -> Out
         ready.status_text,
         ready.reason,
     ):
-        outcome.event(ready.reason, ready.message, warning=not ready.status)
+        expected = ready.reason in (Reason.ROTATION_PENDING, Reason.SUSPENDED)
+        outcome.event(ready.reason, ready.message, warning=not ready.status and not expected)
 
     new_status = {**outcome.facts, "conditions": merged, "observedGeneration": generation}
     if any(status.get(k) != v for k, v in new_status.items()):
