@@ -1,0 +1,37 @@
+# The two commands of README.md: `make demo` and `make test`. Each sets up what it needs on a
+# fresh machine: a virtualenv with the package and its test extras, and the test API server
+# binaries (built from the Go modules pinned in tests/envtest, or taken from KUBEBUILDER_ASSETS).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint unit envtest bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+envtest:
+	@if [ -z "$$KUBEBUILDER_ASSETS" ]; then $(MAKE) --no-print-directory -C tests/envtest; fi
+
+demo: $(STAMP) envtest
+	$(BIN)/keyrotor demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests
+	$(BIN)/mypy
+
+test: $(STAMP) envtest lint
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+bench: $(STAMP) envtest
+	$(BIN)/python -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
