@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("STUCK_AFTER", "900"),
         help="seconds after which an unfinished rotation is cleared",
     )
+    run.add_argument(
+        "--recheck-interval",
+        default=_env("RECHECK_INTERVAL", "120"),
+        help="seconds (or 2m) before an object refused as NotAuthorized, UserNotFound, "
+        "Conflict or AccessDenied is checked again",
+    )
     run.add_argument("--lambda-role-arn", default=_env("LAMBDA_ROLE_ARN"))
     run.add_argument("--allow", action="append", default=None, metavar="NAMESPACE:USER_GLOB")
     run.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "0") or 0))
@@ -75,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         sync_interval=parse_interval_setting("--sync-interval", str(args.sync_interval)),
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
+        recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
         metrics_port=args.metrics_port,

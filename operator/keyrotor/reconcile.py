@@ -50,9 +50,6 @@ from keyrotor.runtime import Runtime
 log = logging.getLogger(__name__)
 
 FOCUS_AFTER_REQUEST = timedelta(minutes=15)
-RETRY_NOT_AUTHORIZED = 120.0
-RETRY_USER_NOT_FOUND = 300.0
-RETRY_CONFLICT = 300.0
 RETRY_AWS_ERROR = 60.0
 RETRY_ROTATION_IN_PROGRESS = 10.0
 
@@ -139,12 +136,12 @@ def _aws_failure(rt: Runtime, body: Mapping[str, Any], exc: Exception, outcome: 
     rt.index.update(namespace, name, uid, active=False)
     code = error_code(exc)
     if isinstance(exc, secrets.SecretOwnedElsewhereError | target_secrets.TargetConflictError):
-        outcome.fail(Reason.CONFLICT, str(exc), RETRY_CONFLICT)
+        outcome.fail(Reason.CONFLICT, str(exc), rt.settings.recheck_interval)
     elif code in ACCESS_DENIED_CODES:
         outcome.fail(
             Reason.ACCESS_DENIED,
             f"keyrotor is missing an AWS permission: {error_message(exc)}",
-            RETRY_AWS_ERROR * 5,
+            rt.settings.recheck_interval,
         )
     elif code:
         rt.forget_installation()
@@ -173,7 +170,7 @@ def _reconcile_aws(
             Reason.CONFLICT,
             f"IAM user {spec.iam_user!r} is already claimed by AccessKeyRotation "
             f"{winner.namespace}/{winner.name}; one IAM user is rotated by one object",
-            RETRY_CONFLICT,
+            rt.settings.recheck_interval,
         )
         return
 
@@ -183,7 +180,7 @@ def _reconcile_aws(
         outcome.fail(
             Reason.USER_NOT_FOUND,
             f"IAM user {spec.iam_user!r} does not exist",
-            RETRY_USER_NOT_FOUND,
+            rt.settings.recheck_interval,
         )
         return
     allowed = any(rule.matches(namespace, spec.iam_user) for rule in rt.settings.allow)
@@ -192,7 +189,7 @@ def _reconcile_aws(
     )
     if problem is not None:
         rt.index.update(namespace, name, uid, active=False)
-        outcome.fail(Reason.NOT_AUTHORIZED, problem, RETRY_NOT_AUTHORIZED)
+        outcome.fail(Reason.NOT_AUTHORIZED, problem, rt.settings.recheck_interval)
         return
 
     installation = rt.installation()

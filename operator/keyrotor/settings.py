@@ -51,6 +51,9 @@ class Settings:
     sync_interval: float = DEFAULT_SYNC_INTERVAL  # seconds between ListSecrets sweeps
     focus_interval: float = 2.0  # seconds between DescribeSecret checks of objects in focus
     stuck_after: float = 900.0  # a pending rotation older than this is stuck (Lambda: 3 x 120s)
+    # An object refused for what a person must fix (NotAuthorized, UserNotFound, Conflict,
+    # AccessDenied) is checked again after this many seconds, so the fix takes effect by itself.
+    recheck_interval: float = 120.0
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
     metrics_port: int = 0  # 0: no metrics endpoint
@@ -65,6 +68,10 @@ class Settings:
             )
         if self.sync_interval < 10:
             raise SettingsError(f"--sync-interval {self.sync_interval:g}s: must be at least 10s")
+        if self.recheck_interval < 1:
+            raise SettingsError(
+                f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"--log-format {self.log_format!r}: expected json or text")
 

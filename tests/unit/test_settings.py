@@ -1,4 +1,4 @@
-"""Configuration is read once and a wrong value names the flag; `keyrotor run` exits with one line."""
+"""Configuration is read once; a wrong value names the flag; `keyrotor run` exits with one line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.allow[0].matches("team-a", "svc-billing")
     assert not settings.allow[0].matches("team-b", "svc-billing")
     assert settings.secret_prefix == "keyrotor/prod-eu/"
+    assert settings.recheck_interval == 120
+    args = build_parser().parse_args(["run", "--recheck-interval", "5s"])
+    assert settings_from_args(args).recheck_interval == 5
 
 
 @pytest.mark.parametrize(
@@ -32,6 +35,7 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["run", "--sync-interval", "5"], "--sync-interval"),
         (["run", "--sync-interval", "soon"], "--sync-interval"),
         (["run", "--allow", "no-colon"], "--allow"),
+        (["run", "--recheck-interval", "0"], "--recheck-interval"),
     ],
 )
 def test_bad_settings_name_the_flag(argv: list[str], flag: str) -> None:
