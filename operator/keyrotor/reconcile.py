@@ -218,10 +218,9 @@ def _reconcile_aws(
             secret_id=observed.arn,
             lambda_arn=installation.lambda_arn,
             rules=desired_rotation_rules(spec),
+            # botocore fills in a ClientRequestToken that its own retries reuse; a repeat after a
+            # restart is prevented by looking first (a rotation in progress, LastRotatedDate).
             rotate_immediately=rotate_now,
-            token=secrets.deterministic_token("first-key", uid, *observed.versions)
-            if rotate_now
-            else None,
         )
         if rotate_now:
             metrics.ROTATIONS_REQUESTED.labels(cause="first-key").inc()
