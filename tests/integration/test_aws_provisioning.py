@@ -166,7 +166,7 @@ def test_secret_of_another_object_is_refused_and_a_retained_one_restored(
 ) -> None:
     name = f"keyrotor/c/ns/{uuid.uuid4().hex[:8]}"
     _ensure(aws, name, iam_user, "uid-1")
-    with pytest.raises(secrets.SecretOwnedElsewhereError, match="keyrotor.io/uid=uid-1"):
+    with pytest.raises(secrets.SecretOwnedElsewhereError, match=r"keyrotor\.io/uid=uid-1"):
         _ensure(aws, name, iam_user, "uid-2")
     secrets.schedule_deletion(aws.client("secretsmanager"), name, 7)
     secrets.schedule_deletion(aws.client("secretsmanager"), name, 7)  # already scheduled: fine
