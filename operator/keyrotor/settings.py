@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from keyrotor.model import parse_duration
 
@@ -59,7 +59,6 @@ class Settings:
     metrics_port: int = 0  # 0: no metrics endpoint
     health_port: int = 0  # 0: no liveness endpoint
     log_format: str = "text"
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.cluster_name):
