@@ -1,0 +1,1 @@
+"""Benchmarks of keyrotor (run on purpose: ``make bench``; not part of the test suite)."""
