@@ -24,6 +24,7 @@ from keyrotor.model import (
     VERSION,
     VERSION_ID_ANNOTATION,
     Claim,
+    holds_claim,
 )
 from keyrotor.runtime import Runtime
 from keyrotor.sync import SyncLoop
@@ -59,12 +60,23 @@ async def stop(*, memo: Any, **_: Any) -> None:
 
 @kopf.index(*RESOURCE)
 def claims_by_user(
-    *, spec: kopf.Spec, namespace: str | None, name: str, uid: str, meta: kopf.Meta, **_: Any
+    *,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    meta: kopf.Meta,
+    **_: Any,
 ) -> dict[str, Claim]:
     namespace = namespace or ""
     return {
         str(spec.get("iamUser", "")): Claim(
-            namespace=namespace, name=name, uid=uid, created=str(meta.get("creationTimestamp", ""))
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            created=str(meta.get("creationTimestamp", "")),
+            holding=holds_claim(dict(status)),
         )
     }
 

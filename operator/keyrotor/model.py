@@ -363,12 +363,26 @@ class Claim:
     name: str
     uid: str
     created: str  # creationTimestamp; the oldest claim wins
+    holding: bool = False  # already admitted: it has a secret and is not refused as a Conflict
+
+
+def holds_claim(status: Mapping[str, Any]) -> bool:
+    """The object already works for its IAM user (its status says so)."""
+    ready = find_condition(status.get("conditions"), ConditionType.READY)
+    refused = ready is not None and ready.get("reason") == Reason.CONFLICT
+    return bool(status.get("secretArn")) and not refused
 
 
 def conflicting_claim(me: Claim, claims: Sequence[Claim]) -> Claim | None:
-    """The claim that wins over mine for the same IAM user, if any (oldest first, then uid)."""
+    """The claim that wins over mine for the same IAM user, if any.
+
+    A claim already held wins, then the oldest, then the lowest uid. creationTimestamp has
+    one-second resolution: without the first rule, an object created in the same second as the
+    one already at work could win by its uid and both would rotate the same user.
+    """
+    me = next((c for c in claims if c.uid == me.uid), me)  # the index knows whether I hold it
     others = [c for c in claims if c.uid != me.uid]
-    winner = min([me, *others], key=lambda c: (c.created, c.uid))
+    winner = min([me, *others], key=lambda c: (not c.holding, c.created, c.uid))
     return None if winner.uid == me.uid else winner
 
 

@@ -13,6 +13,7 @@ from keyrotor.model import (
     SpecError,
     authorization_problem,
     conflicting_claim,
+    holds_claim,
     merge_conditions,
     parse_spec,
     rotation_config_matches,
@@ -177,6 +178,21 @@ def test_oldest_claim_wins() -> None:
     assert conflicting_claim(old, [old, new]) is None
     assert conflicting_claim(new, [old, new]) == old
     assert conflicting_claim(new, [new]) is None
+
+
+def test_a_held_claim_wins_over_one_made_in_the_same_second() -> None:
+    at = "2026-01-01T00:00:00Z"
+    working = Claim("a", "x", "uid-9", at, holding=True)
+    newcomer = Claim("b", "y", "uid-1", at)  # lower uid, same second
+    assert conflicting_claim(newcomer, [working, newcomer]) == working
+    assert conflicting_claim(working, [working, newcomer]) is None
+    # Reconcile passes a claim built from the body; the index says whether it is held.
+    assert conflicting_claim(Claim("a", "x", "uid-9", at), [working, newcomer]) is None
+    assert holds_claim({"secretArn": "arn:x", "conditions": [{"type": "Ready", "reason": "Ready"}]})
+    assert not holds_claim(
+        {"secretArn": "arn:x", "conditions": [{"type": "Ready", "reason": "Conflict"}]}
+    )
+    assert not holds_claim({"conditions": [{"type": "Ready", "reason": "NotAuthorized"}]})
 
 
 def test_rotation_config_comparison() -> None:
