@@ -323,6 +323,8 @@ def sync_current_key(
     now = rt.clock()
     owner = owner_of(body)
     mirrored = status.get("versionId")
+    # The loop calls this for rotations it found: status follows the schedule they moved.
+    _set_schedule_facts(outcome, observed)
     state = target_secrets.inspect_target(
         rt.kube, namespace, spec.target_secret_name, owner, mirrored
     )
