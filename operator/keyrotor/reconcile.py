@@ -326,7 +326,14 @@ def sync_current_key(
     # The loop calls this for rotations it found: status follows the schedule they moved.
     _set_schedule_facts(outcome, observed)
     state = target_secrets.inspect_target(
-        rt.kube, namespace, spec.target_secret_name, owner, mirrored
+        rt.kube,
+        namespace,
+        spec.target_secret_name,
+        owner,
+        mirrored,
+        profile=spec.profile,
+        labels=spec.target_labels,
+        annotations=spec.target_annotations,
     )
     if state is target_secrets.TargetState.FOREIGN:
         raise target_secrets.TargetConflictError(
@@ -363,13 +370,22 @@ def sync_current_key(
         annotations=spec.target_annotations,
     )
     rotated = mirrored is not None and mirrored != key.version_id
-    cause = "rotation" if rotated else ("repair" if mirrored else "initial")
+    outdated = state is target_secrets.TargetState.OUTDATED
+    cause = (
+        "rotation" if rotated else ("update" if outdated else "repair" if mirrored else "initial")
+    )
     metrics.SYNCS.labels(cause=cause).inc()
     if rotated:
         outcome.event(
             Reason.SYNCED,
             f"mirrored the new key {key.access_key_id} (version {key.version_id}) "
             f"into Secret {spec.target_secret_name}",
+        )
+    elif mirrored and outdated:
+        outcome.event(
+            Reason.SYNCED,
+            f"updated Secret {spec.target_secret_name} to spec.target "
+            f"(profile, labels, annotations)",
         )
     elif mirrored:
         outcome.event(

@@ -30,6 +30,7 @@ class TargetState(Enum):
     CURRENT = "Current"
     MISSING = "Missing"
     DRIFTED = "Drifted"  # data edited, or another version mirrored
+    OUTDATED = "Outdated"  # our data, but not spec.target's profile, labels or annotations
     FOREIGN = "Foreign"  # a Secret of that name that keyrotor does not manage
 
 
@@ -74,8 +75,25 @@ def _is_managed_by(secret: Any, owner: Owner) -> bool:
     return any(ref.uid == owner.uid for ref in refs)
 
 
+def _profile_of(encoded: Mapping[str, str]) -> str | None:
+    """The profile of the credentials file: its first line, ``[profile]`` (no key material)."""
+    try:
+        first = base64.b64decode(encoded.get("credentials", "")).split(b"\n", 1)[0].decode()
+    except ValueError:
+        return None
+    return first[1:-1] if first.startswith("[") and first.endswith("]") else None
+
+
 def inspect_target(
-    kube: KubeApis, namespace: str, name: str, owner: Owner, version_id: str | None
+    kube: KubeApis,
+    namespace: str,
+    name: str,
+    owner: Owner,
+    version_id: str | None,
+    *,
+    profile: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> TargetState:
     try:
         secret = kube.core.read_namespaced_secret(name, namespace)
@@ -85,11 +103,18 @@ def inspect_target(
         raise
     if not _is_managed_by(secret, owner):
         return TargetState.FOREIGN
-    annotations = secret.metadata.annotations or {}
-    if annotations.get(VERSION_ID_ANNOTATION) != version_id:
+    have_annotations = secret.metadata.annotations or {}
+    if have_annotations.get(VERSION_ID_ANNOTATION) != version_id:
         return TargetState.DRIFTED
-    if annotations.get(DATA_HASH_ANNOTATION) != data_hash(secret.data or {}):
+    if have_annotations.get(DATA_HASH_ANNOTATION) != data_hash(secret.data or {}):
         return TargetState.DRIFTED
+    have_labels = secret.metadata.labels or {}
+    if (
+        (profile is not None and _profile_of(secret.data or {}) != profile)
+        or any(have_labels.get(k) != v for k, v in (labels or {}).items())
+        or any(have_annotations.get(k) != v for k, v in (annotations or {}).items())
+    ):
+        return TargetState.OUTDATED
     return TargetState.CURRENT
 
 
