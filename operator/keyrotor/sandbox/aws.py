@@ -93,6 +93,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -106,7 +107,6 @@ from typing import Any, Literal, NamedTuple, Self
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
-import boto3
 import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -295,6 +295,7 @@ class Rotation:
     token: str
     lambda_arn: str
     started: datetime
+    scheduled: datetime  # the time the next rotation is counted from (the scheduler's `now`)
     finished: datetime | None = None
     succeeded: bool | None = None
     failed_step: str | None = None
@@ -314,24 +315,18 @@ class _LambdaContext:
 
 
 class _LambdaBoto3:
-    """What the handler module sees as ``boto3``: clients of a session bound to the emulator.
+    """What the handler module sees as ``boto3``: clients bound to the emulator.
 
     In AWS the runtime gives the function its role's credentials and region through the
-    environment; here they come from this session, so no thread touches ``os.environ``.
+    environment; here they come from this object, so no thread touches ``os.environ``.
     """
 
-    def __init__(self, endpoint_url: str, region: str, step: str) -> None:
-        self._endpoint_url = endpoint_url
+    def __init__(self, emulator: AwsEmulator, step: str) -> None:
+        self._emulator = emulator
         self._step = step
-        self._session = boto3.session.Session(
-            aws_access_key_id=ROOT_ACCESS_KEY_ID,
-            aws_secret_access_key=ROOT_SECRET_ACCESS_KEY,
-            region_name=region,
-        )
 
     def client(self, service_name: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("endpoint_url", self._endpoint_url)
-        client = self._session.client(service_name, **kwargs)  # type: ignore[call-overload]
+        client = self._emulator.client(service_name, **kwargs)
 
         def mark(request: Any, **_: Any) -> None:
             request.headers[STEP_HEADER] = self._step
@@ -654,6 +649,14 @@ class _EmulatorApp:
         return [content]
 
 
+class _RequestHandler(MotoRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        # Without this, a response written in two packets waits for the client's delayed ACK
+        # (about 40 ms per call), which made every rotation take seconds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Server(ThreadedMotoServer):
     """moto's threaded server, with the emulator's WSGI layer around moto's application."""
 
@@ -664,7 +667,7 @@ class _Server(ThreadedMotoServer):
     def _server_entry(self) -> None:
         app = _EmulatorApp(self._emulator, DomainDispatcherApplication(create_backend_app))
         self._server = make_server(
-            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            self._ip_address, self._port, app, True, request_handler=_RequestHandler
         )
         self._server_ready_event.set()
         self._server.serve_forever()
@@ -697,6 +700,8 @@ class AwsEmulator:
         self._lock = threading.RLock()
         self._rotations_changed = threading.Condition()
         self._running: set[threading.Thread] = set()
+        self._botocore_session = botocore.session.get_session()
+        self._client_lock = threading.Lock()
         self.calls = CallLog()
         self.faults = Faults()
         self.rotations: list[Rotation] = []
@@ -754,13 +759,14 @@ class AwsEmulator:
 
     def client(self, service: str, **kwargs: Any) -> Any:
         """A boto3 client pointed at the emulator (root credentials unless given)."""
-        session = boto3.session.Session(
-            aws_access_key_id=kwargs.pop("aws_access_key_id", ROOT_ACCESS_KEY_ID),
-            aws_secret_access_key=kwargs.pop("aws_secret_access_key", ROOT_SECRET_ACCESS_KEY),
-            region_name=kwargs.pop("region_name", self.region),
-        )
+        kwargs.setdefault("aws_access_key_id", ROOT_ACCESS_KEY_ID)
+        kwargs.setdefault("aws_secret_access_key", ROOT_SECRET_ACCESS_KEY)
+        kwargs.setdefault("region_name", self.region)
         kwargs.setdefault("endpoint_url", self.endpoint_url)
-        return session.client(service, **kwargs)  # type: ignore[call-overload]
+        # One botocore session for all clients: a fresh one re-reads the service models (slow).
+        # Sessions are not thread-safe, clients are: creation takes turns.
+        with self._client_lock:
+            return self._botocore_session.create_client(service, **kwargs)
 
     def create_iam_user(self, name: str, tags: Mapping[str, str] | None = None) -> str:
         """Create an IAM user (with tags) and return its ARN."""
@@ -797,7 +803,9 @@ class AwsEmulator:
                     continue
                 if due > now.timestamp() or self._pending_elsewhere(secret):
                     continue
-                self._start_rotation(secret, str(uuid.uuid4()), secret.rotation_lambda_arn)
+                self._start_rotation(
+                    secret, str(uuid.uuid4()), secret.rotation_lambda_arn, scheduled=now
+                )
                 started.append(secret.arn)
         return started
 
@@ -947,13 +955,16 @@ class AwsEmulator:
         interval = rotation_interval(getattr(secret, "keyrotor_rotation_rules", None) or {})
         secret.next_rotation_date = int((since + interval).timestamp()) if interval else None
 
-    def _start_rotation(self, secret: Any, token: str, lambda_arn: str) -> None:
+    def _start_rotation(
+        self, secret: Any, token: str, lambda_arn: str, scheduled: datetime | None = None
+    ) -> None:
         secret.versions[token] = {
             "createdate": int(time.time()),
             "version_id": token,
             "version_stages": ["AWSPENDING"],
         }
-        rotation = Rotation(secret.arn, token, lambda_arn, started=datetime.now(UTC))
+        started = datetime.now(UTC)
+        rotation = Rotation(secret.arn, token, lambda_arn, started, scheduled or started)
         self.rotations.append(rotation)
         thread = threading.Thread(
             target=self._run_rotation,
@@ -997,7 +1008,7 @@ class AwsEmulator:
             secret = backend.secrets.get(rotation.secret_arn)
             if isinstance(secret, FakeSecret):
                 secret.last_rotation_date = int(rotation.started.timestamp())
-                self._schedule_next(secret, rotation.started)
+                self._schedule_next(secret, rotation.scheduled)
 
     def _run_step(self, rotation: Rotation, step: str) -> bool:
         event = {
@@ -1032,7 +1043,7 @@ class AwsEmulator:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         if hasattr(module, "boto3"):
-            setattr(module, "boto3", _LambdaBoto3(self.endpoint_url, self.region, step))  # noqa: B010
+            setattr(module, "boto3", _LambdaBoto3(self, step))  # noqa: B010
         getattr(module, handler_name)(event, _LambdaContext(lambda_arn))
         if crash is not None:
             raise InjectedLambdaCrash(f"keyrotor sandbox: injected crash after {step}")
