@@ -211,3 +211,34 @@ def test_rotation_survives_a_crash_in_every_step(
         assert [f.operation for f in aws.faults.fired] == [step] * (
             LAMBDA_RETRIES + 1 if persistent else 1
         )
+
+
+def test_test_secret_waits_for_a_new_key_to_propagate(
+    aws: AwsEmulator, rotation_lambda_arn: str
+) -> None:
+    subject = _setup(aws, "lambda-role")
+    # IAM answers InvalidClientTokenId while a new key propagates: twice, then it works.
+    aws.faults.fail("GetCallerIdentity", error="InvalidClientTokenId", step="testSecret", times=2)
+    _rotate(aws, subject, rotation_lambda_arn)
+    (rotation,) = aws.rotations_of(subject.arn)
+    assert rotation.succeeded
+    assert ("testSecret", False) not in rotation.invocations  # retried inside the step
+    assert aws.calls.count("GetCallerIdentity") >= 3
+
+
+def test_test_secret_gives_up_with_a_clear_message(
+    aws: AwsEmulator, rotation_lambda_arn: str
+) -> None:
+    subject = _setup(aws, "lambda-role")
+    aws.faults.fail("GetCallerIdentity", error="InvalidClientTokenId", step="testSecret", times=100)
+    _rotate(aws, subject, rotation_lambda_arn)
+    (rotation,) = aws.rotations_of(subject.arn)
+    assert rotation.succeeded is False and rotation.failed_step == "testSecret"
+    assert rotation.error is not None
+    assert "RotationError" in rotation.error and "InvalidClientTokenId" in rotation.error
+    assert subject.user in rotation.error
+    pending = aws.client("secretsmanager").get_secret_value(
+        SecretId=subject.arn, VersionStage="AWSPENDING"
+    )
+    assert json.loads(pending["SecretString"])["secretkey"] not in rotation.error
+    assert _value(aws, subject.arn, "AWSCURRENT")["accesskey"] == subject.initial_key
