@@ -96,8 +96,15 @@ class SyncLoop:
             changed = observed.current_version != entry.mirrored_version
             if changed or self._previous_key_due(entry, now):
                 self.resync(entry, observed)
-            if changed and not observed.stuck_pending and entry.focus_until is not None:
-                entry.focus_until = None  # the rotation we waited for is mirrored
+            # The rotation we waited for is over and its version mirrored, by this tick or by
+            # another path (the sweep, a reconcile): stop looking. Checking only `changed` kept
+            # an object mirrored elsewhere in focus for FOCUS_AFTER_REQUEST (15 minutes).
+            if (
+                entry.focus_until is not None
+                and not observed.stuck_pending
+                and observed.current_version == entry.mirrored_version
+            ):
+                entry.focus_until = None
 
     def _due(self, entry: Entry, now: datetime) -> bool:
         """A scheduled rotation is due (window open): look every 30s, not every tick."""
