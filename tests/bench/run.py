@@ -25,6 +25,7 @@ import random
 import resource
 import socket
 import statistics
+import subprocess
 import threading
 import time
 import urllib.request
@@ -220,6 +221,8 @@ class Bench:
         log_dir = self.log_dir / stage
         log_dir.mkdir(parents=True, exist_ok=True)
         harness = Harness(self.aws, self.kube, log_dir)
+        # Other people edit this tree: note what code each stage's operator started from.
+        self.results.setdefault("operator_code", {})[stage] = git_state()
         harness.start_operator(*PRODUCTION_ARGS, "--metrics-port", str(port), *args)
         metrics = Metrics(port)
         metrics.wait_up()
@@ -335,8 +338,10 @@ class Bench:
         per_sweep = total / swept if swept else math.nan
         per_object_hour = per_sweep * SWEEPS_PER_HOUR / n
         naive = SWEEPS_PER_HOUR  # one GetSecretValue per object per 300s poll
+        others = {op: count for op, count in delta.items() if op != "secretsmanager:ListSecrets"}
         result = {
             "objects": n,
+            "steady": not others and lambda_calls == 0,
             "window_s": round(elapsed, 1),
             "sweeps": swept,
             "operator_calls": dict(delta),
@@ -563,6 +568,7 @@ def machine() -> dict[str, Any]:
     )
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "memory_gib": round(mem_kib / 1024 / 1024, 1),
@@ -570,6 +576,21 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
     }
+
+
+def git_state() -> str:
+    """The commit, and whether operator/ differs from it (the operator runs from this tree)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "operator"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' (operator/ modified)' if dirty else ''}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
