@@ -9,6 +9,7 @@ killed at any line and converges when it runs again.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -347,6 +348,8 @@ def sync_current_key(
 
     key = secrets.read_current_key(rt.aws.secretsmanager, observed.arn)
     if not key.access_key_id:
+        if not observed.pending_versions:
+            _request_first_key_again(rt, body, observed, outcome)
         outcome.conditions.append(
             Condition(
                 ConditionType.SYNCED, False, Reason.ROTATION_PENDING, "waiting for the first key"
@@ -419,6 +422,27 @@ def sync_current_key(
     else:
         _previous_key_work(rt, body, spec, status, outcome, now)
     rt.index.update(namespace, name, uid, mirrored_version=key.version_id)
+
+
+def _request_first_key_again(
+    rt: Runtime, body: Mapping[str, Any], observed: Observed, outcome: Outcome
+) -> None:
+    """No key yet and no rotation running: the first rotation was cleared as stuck (or never
+    started). Ask again, or the object would wait for its first key for ever."""
+    namespace, name, uid = _meta(body)
+    try:
+        secrets.request_rotation(
+            rt.aws.secretsmanager, secret_id=observed.arn, token=str(uuid.uuid4())
+        )
+    except Exception as exc:
+        if error_code(exc) == "InvalidRequestException":
+            return  # a rotation started meanwhile (the handler's); it brings the key
+        raise
+    metrics.ROTATIONS_REQUESTED.labels(cause="first-key").inc()
+    outcome.event(
+        Reason.ROTATION_REQUESTED, "requested the first rotation again: the last one did not finish"
+    )
+    rt.index.update(namespace, name, uid, focus_until=rt.clock() + FOCUS_AFTER_REQUEST)
 
 
 def _synced(

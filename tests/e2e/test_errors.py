@@ -251,3 +251,34 @@ def test_stuck_rotation_is_cleared_and_rotation_goes_on(keyrotor: Harness) -> No
     assert "AWSCURRENT" in stages[second["versionId"]]
     # The half-made key of the failed rotation was swept: the old and the new key remain.
     assert set(keyrotor.user_keys(user)) == {first["accessKeyId"], second["accessKeyId"]}
+
+
+def test_first_rotation_that_never_finishes_is_tried_again(keyrotor: Harness) -> None:
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    faults = keyrotor.aws.faults
+    faults.crash_lambda("createSecret", times=LAMBDA_RETRIES + 1)
+    try:
+        keyrotor.create(ns, "app", {"iamUser": user})
+        arn = keyrotor.wait(
+            lambda: ((keyrotor.get(ns, "app") or {}).get("status") or {}).get("secretArn"),
+            what="the secret",
+        )
+
+        def failed_rotation() -> Any:
+            rotations = keyrotor.aws.rotations_of(arn)
+            return rotations[0] if rotations and rotations[0].succeeded is False else None
+
+        rotation = keyrotor.wait(failed_rotation, what="the first rotation to fail")
+        assert _stuck_pending(_stages(keyrotor, arn)) == [rotation.token]
+    finally:
+        faults.clear()
+
+    event = _warning_event(keyrotor, ns, "app", "RotationStuck")
+    assert rotation.token in event.message
+    obj = keyrotor.wait_ready(ns, "app")
+    data = _assert_key_works(keyrotor, ns, "app", user)
+    assert list(keyrotor.user_keys(user)) == [data["AWS_ACCESS_KEY_ID"]]
+    keyrotor.aws.wait_for_rotations()
+    stages = _stages(keyrotor, arn)
+    assert _stuck_pending(stages) == [] and "AWSCURRENT" in stages[obj["status"]["versionId"]]
