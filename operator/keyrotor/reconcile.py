@@ -209,7 +209,14 @@ def _reconcile_aws(
 
     focus = False
     in_progress = clear_stuck_rotation(rt, observed, outcome, now)
-    never_rotated = observed.last_rotated is None and not status.get("accessKeyId")
+    # AWSCURRENT still on the version we created: LastRotatedDate alone is not enough, it comes
+    # after finishSecret has moved AWSCURRENT (and, with AWSPENDING on the current version too,
+    # nothing looks in progress): a restart in between would rotate a second time.
+    never_rotated = (
+        observed.last_rotated is None
+        and not status.get("accessKeyId")
+        and observed.current_version in (None, secrets.initial_version_id(uid))
+    )
     if not rotation_config_matches(spec, observed, installation.lambda_arn) or (
         never_rotated and not in_progress
     ):

@@ -52,6 +52,11 @@ def deterministic_token(*parts: str) -> str:
     return str(uuid.UUID(digest[:32]))
 
 
+def initial_version_id(owner_uid: str) -> str:
+    """The version id of the value a new secret is created with (the user name, no key yet)."""
+    return deterministic_token("create", owner_uid)
+
+
 def observed_from_description(description: Mapping[str, Any]) -> Observed:
     stages: Mapping[str, list[str]] = description.get("VersionIdsToStages") or {}
     current = next((v for v, s in stages.items() if AWSCURRENT in s), None)
@@ -100,7 +105,7 @@ def ensure_secret(
     if observed is None:
         request: CreateSecretRequestTypeDef = {
             "Name": name,
-            "ClientRequestToken": deterministic_token("create", owner_uid),
+            "ClientRequestToken": initial_version_id(owner_uid),
             "SecretString": json.dumps({"username": iam_user}),
             "Description": f"keyrotor: access key of IAM user {iam_user}",
             "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
