@@ -48,9 +48,19 @@ VERSION_ID = "keyrotor.io/version-id"
 DEFAULT_SYNC_INTERVAL = 300.0
 DEFAULT_FOCUS_INTERVAL = 2.0
 SWEEPS_PER_HOUR = 3600 / DEFAULT_SYNC_INTERVAL  # 12
-# Production defaults for everything the harness's FAST_ARGS shortens (flags given later win):
-# a 6s stuck-after would clear slow rotations of a big batch as "stuck".
-PRODUCTION_ARGS = ("--stuck-after", "900", "--recheck-interval", "120")
+# Production defaults for everything the harness's FAST_ARGS shortens (flags given later win, so
+# a stage may still shorten one on purpose); a 6s stuck-after would clear slow rotations of a big
+# batch as "stuck".
+PRODUCTION_ARGS = (
+    "--sync-interval",
+    "300",
+    "--focus-interval",
+    "2",
+    "--stuck-after",
+    "900",
+    "--recheck-interval",
+    "120",
+)
 
 
 def say(text: str = "") -> None:
