@@ -353,7 +353,13 @@ def sync_current_key(
         _previous_key_work(rt, body, spec, status, outcome, now)
         return
 
-    key = secrets.read_current_key(rt.aws.secretsmanager, observed.arn)
+    # AWSCURRENT still on the version keyrotor created holds no key: nothing to read.
+    placeholder = observed.current_version == secrets.initial_version_id(uid)
+    key = (
+        secrets.CurrentKey(version_id=observed.current_version or "", username="", access_key_id="")
+        if placeholder
+        else secrets.read_current_key(rt.aws.secretsmanager, observed.arn)
+    )
     if not key.access_key_id:
         if not observed.pending_versions:
             _request_first_key_again(rt, body, observed, outcome)

@@ -211,29 +211,31 @@ def test_kubeconfigs_reach_the_server_as_their_identity(
 def test_operator_identity_is_denied_what_rbac_does_not_grant(
     kube_apiserver: KubeApiServer, kube_operator_api: Any, namespace: str, tmp_path: Path
 ) -> None:
+    # ConfigMaps: a resource the operator's own ClusterRole (deploy/base/rbac.yaml, which e2e
+    # tests apply to this shared server) never grants, so the test holds in any order.
     core = client.CoreV1Api(kube_operator_api)
     with pytest.raises(ApiException) as denied:
-        core.list_secret_for_all_namespaces()
+        core.list_config_map_for_all_namespaces()
     assert denied.value.status == 403
     assert (
-        f'User "{OPERATOR_USER}" cannot list resource "secrets" in API group "" at the cluster '
+        f'User "{OPERATOR_USER}" cannot list resource "configmaps" in API group "" at the cluster '
         "scope" in server_message(denied.value)
     )
 
-    # Grant list on secrets in one namespace to ServiceAccount keyrotor-system/keyrotor.
+    # Grant list on configmaps in one namespace to ServiceAccount keyrotor-system/keyrotor.
     rbac = tmp_path / "rbac.yaml"
     rbac.write_text(
         """
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
-metadata: {name: secret-lister}
+metadata: {name: configmap-lister}
 rules:
-  - {apiGroups: [""], resources: [secrets], verbs: [list]}
+  - {apiGroups: [""], resources: [configmaps], verbs: [list]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: keyrotor-secret-lister}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: secret-lister}
+metadata: {name: keyrotor-configmap-lister}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmap-lister}
 subjects:
   - {kind: ServiceAccount, name: keyrotor, namespace: keyrotor-system}
 """
@@ -243,7 +245,7 @@ subjects:
 
     def allowed() -> bool:
         try:
-            core.list_namespaced_secret(namespace)
+            core.list_namespaced_config_map(namespace)
         except ApiException as error:
             if error.status == 403:
                 return False  # the authorizer's informer has not seen the binding yet
@@ -253,10 +255,10 @@ subjects:
     wait_until(allowed, "the RoleBinding to take effect")
     # Only what was granted: not cluster-wide, not another verb.
     with pytest.raises(ApiException) as still_denied:
-        core.list_secret_for_all_namespaces()
+        core.list_config_map_for_all_namespaces()
     assert still_denied.value.status == 403
     with pytest.raises(ApiException) as no_create:
-        core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}})
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": "s"}})
     assert no_create.value.status == 403
 
 
