@@ -177,9 +177,8 @@ def _demo_loop(aws: AwsEmulator, kube: KubeApiServer, workdir: Path) -> None:
         events = core.list_namespaced_event(
             NAMESPACE, field_selector=f"involvedObject.name={NAME}"
         ).items
-        for event in sorted(
-            events, key=lambda e: e.last_timestamp or e.metadata.creation_timestamp
-        ):
+        # Event timestamps have one-second resolution; etcd's resourceVersion gives the order.
+        for event in sorted(events, key=lambda e: int(e.metadata.resource_version)):
             say(f"    {event.type:8} {event.reason:24} {event.message}")
 
         step("Deleting the object (deletionPolicy Delete)")
