@@ -37,8 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="watch only this namespace (repeatable); default all",
     )
-    run.add_argument("--cluster-name", default=_env("CLUSTER_NAME", "default"))
-    run.add_argument("--region", default=_env("REGION"))
+    run.add_argument(
+        "--cluster-name",
+        default=_env("CLUSTER_NAME", "default"),
+        help="names this installation: secret prefix, Lambda, role, tags",
+    )
+    run.add_argument("--region", default=_env("REGION"), help="AWS region (default: boto3's chain)")
     run.add_argument(
         "--sync-interval",
         default=_env("SYNC_INTERVAL", str(int(DEFAULT_SYNC_INTERVAL))),
@@ -58,16 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds (or 2m) before an object refused as NotAuthorized, UserNotFound, "
         "Conflict or AccessDenied is checked again",
     )
-    run.add_argument("--lambda-role-arn", default=_env("LAMBDA_ROLE_ARN"))
-    run.add_argument("--allow", action="append", default=None, metavar="NAMESPACE:USER_GLOB")
-    run.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "0") or 0))
-    run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "0") or 0))
+    run.add_argument(
+        "--lambda-role-arn",
+        default=_env("LAMBDA_ROLE_ARN"),
+        help="use this execution role for the rotation Lambda instead of creating one",
+    )
+    run.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="NAMESPACE:USER_GLOB",
+        help="objects in NAMESPACE may claim IAM users matching the glob (repeatable)",
+    )
+    # argparse converts string defaults with `type`, so a bad variable is a usage error too.
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("METRICS_PORT", "0"),
+        help="serve Prometheus /metrics on this port (0: off)",
+    )
+    run.add_argument(
+        "--health-port",
+        type=int,
+        default=_env("HEALTH_PORT", "0"),
+        help="serve the liveness probe /healthz on this port (0: off)",
+    )
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
-    demo = commands.add_parser(
-        "demo", help="run the whole rotation loop on emulated AWS and Kubernetes"
-    )
-    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
     return parser
 
 
@@ -95,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from keyrotor.demo import main as demo_main
 
-        return demo_main(keep_going=args.keep_going)
+        return demo_main()
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

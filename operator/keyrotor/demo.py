@@ -72,7 +72,7 @@ def mask(secret: str) -> str:
     return f"{secret[:4]}{'*' * 12} ({len(secret)} characters, never shown or logged)"
 
 
-def main(*, keep_going: bool = False) -> int:
+def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:  # the in-process Lambda logs at INFO
         handler.setLevel(logging.WARNING)
