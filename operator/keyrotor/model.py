@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 GROUP = "keyrotor.io"
@@ -34,6 +35,9 @@ TAG_NAMESPACE = "keyrotor.io/namespace"
 TAG_NAME = "keyrotor.io/name"
 TAG_UID = "keyrotor.io/uid"
 TAG_IAM_USER = "keyrotor.io/iam-user"
+# On the IAM user: which object rotates it ("<cluster>/<uid>"), and its name for people.
+CLAIM_TAG = "keyrotor.io/claimed-by"
+CLAIM_OBJECT_TAG = "keyrotor.io/claimed-by-object"
 
 DEFAULT_INTERVAL = "90d"
 DEFAULT_PROFILE = "default"
@@ -384,6 +388,30 @@ def conflicting_claim(me: Claim, claims: Sequence[Claim]) -> Claim | None:
     others = [c for c in claims if c.uid != me.uid]
     winner = min([me, *others], key=lambda c: (not c.holding, c.created, c.uid))
     return None if winner.uid == me.uid else winner
+
+
+class ClaimDecision(Enum):
+    MINE = "Mine"  # the user's claim tag names this object
+    FREE = "Free"  # no claim, or a stale one of this installation: may be taken
+    TAKEN = "Taken"  # another live object (or another installation) holds it
+
+
+def claim_value(cluster: str, uid: str) -> str:
+    return f"{cluster}/{uid}"
+
+
+def claim_decision(*, mine: str, held: str | None, live_uids: set[str]) -> ClaimDecision:
+    """Read the IAM user's claim tag. It is the authority on who rotates the user: the
+    in-memory index cannot see objects that are not indexed yet, nor other installations."""
+    if held == mine:
+        return ClaimDecision.MINE
+    if held is None:
+        return ClaimDecision.FREE
+    held_cluster, _, held_uid = held.rpartition("/")
+    my_cluster = mine.rpartition("/")[0]
+    if held_cluster == my_cluster and held_uid not in live_uids:
+        return ClaimDecision.FREE  # its object is gone (deleted without its finalizer)
+    return ClaimDecision.TAKEN
 
 
 @dataclass

@@ -21,6 +21,8 @@ from keyrotor.aws.clients import ACCESS_DENIED_CODES, error_code, error_message
 from keyrotor.k8s import objects, workloads
 from keyrotor.k8s import secrets as target_secrets
 from keyrotor.model import (
+    CLAIM_OBJECT_TAG,
+    CLAIM_TAG,
     GROUP,
     KIND,
     ROTATE_NOW_ANNOTATION,
@@ -31,6 +33,7 @@ from keyrotor.model import (
     TAG_UID,
     VERSION,
     Claim,
+    ClaimDecision,
     Condition,
     ConditionType,
     Observed,
@@ -38,6 +41,8 @@ from keyrotor.model import (
     Spec,
     SpecError,
     authorization_problem,
+    claim_decision,
+    claim_value,
     conflicting_claim,
     desired_rotation_rules,
     find_condition,
@@ -153,6 +158,64 @@ def _aws_failure(rt: Runtime, body: Mapping[str, Any], exc: Exception, outcome: 
         outcome.fail(Reason.AWS_ERROR, f"internal error: {type(exc).__name__}", RETRY_AWS_ERROR)
 
 
+def _claim_user(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    spec: Spec,
+    user_tags: Mapping[str, str],
+    claims: Sequence[Claim],
+    outcome: Outcome,
+) -> bool:
+    """One IAM user, one object: the claim tag on the user decides; when it is free, the oldest
+    object that wants the user (the in-memory index) takes it, and reads the tag back to learn
+    whether it won a race with another writer."""
+    namespace, name, uid = _meta(body)
+    cluster = rt.settings.cluster_name
+    mine = claim_value(cluster, uid)
+    held = user_tags.get(CLAIM_TAG)
+    decision = claim_decision(mine=mine, held=held, live_uids={c.uid for c in claims})
+    if decision is ClaimDecision.MINE:
+        return True
+    if decision is ClaimDecision.FREE:
+        me = Claim(
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            created=body["metadata"].get("creationTimestamp", ""),
+        )
+        winner = conflicting_claim(me, claims)
+        if winner is None:
+            iam.tag_user(
+                rt.aws.iam,
+                spec.iam_user,
+                {CLAIM_TAG: mine, CLAIM_OBJECT_TAG: f"{namespace}/{name}"[:256]},
+            )
+            held = iam.user_tags(rt.aws.iam, spec.iam_user).get(CLAIM_TAG)
+            if held == mine:
+                return True
+        else:
+            held = claim_value(cluster, winner.uid)
+            user_tags = {CLAIM_OBJECT_TAG: f"{winner.namespace}/{winner.name}"}
+    holder = user_tags.get(CLAIM_OBJECT_TAG) or "?"
+    holder_cluster = (held or "").rpartition("/")[0]
+    outcome.fail(
+        Reason.CONFLICT,
+        f"IAM user {spec.iam_user!r} is already claimed by AccessKeyRotation {holder} of keyrotor "
+        f"installation {holder_cluster!r} (IAM tag {CLAIM_TAG}={held}); one IAM user is rotated "
+        f"by one object",
+        rt.settings.recheck_interval,
+    )
+    return False
+
+
+def release_claim(rt: Runtime, body: Mapping[str, Any], iam_user: str) -> None:
+    """Take this object's claim tag off the IAM user, so that another object may claim it."""
+    _, _, uid = _meta(body)
+    tags = iam.user_tags(rt.aws.iam, iam_user) if iam.get_user(rt.aws.iam, iam_user) else {}
+    if tags.get(CLAIM_TAG) == claim_value(rt.settings.cluster_name, uid):
+        iam.untag_user(rt.aws.iam, iam_user, [CLAIM_TAG, CLAIM_OBJECT_TAG])
+
+
 def _reconcile_aws(
     rt: Runtime, body: Mapping[str, Any], spec: Spec, claims: Sequence[Claim], outcome: Outcome
 ) -> None:
@@ -160,20 +223,6 @@ def _reconcile_aws(
     metadata = body["metadata"]
     status: Mapping[str, Any] = body.get("status") or {}
     now = rt.clock()
-
-    me = Claim(
-        namespace=namespace, name=name, uid=uid, created=metadata.get("creationTimestamp", "")
-    )
-    winner = conflicting_claim(me, claims)
-    if winner is not None:
-        rt.index.update(namespace, name, uid, active=False)
-        outcome.fail(
-            Reason.CONFLICT,
-            f"IAM user {spec.iam_user!r} is already claimed by AccessKeyRotation "
-            f"{winner.namespace}/{winner.name}; one IAM user is rotated by one object",
-            rt.settings.recheck_interval,
-        )
-        return
 
     user = iam.get_user(rt.aws.iam, spec.iam_user)
     if user is None:
@@ -191,6 +240,9 @@ def _reconcile_aws(
     if problem is not None:
         rt.index.update(namespace, name, uid, active=False)
         outcome.fail(Reason.NOT_AUTHORIZED, problem, rt.settings.recheck_interval)
+        return
+    if not _claim_user(rt, body, spec, user.tags, claims, outcome):
+        rt.index.update(namespace, name, uid, active=False)
         return
 
     installation = rt.installation()
@@ -584,6 +636,7 @@ def finalize(rt: Runtime, body: Mapping[str, Any]) -> None:
         spec = parse(rt, body)
     except SpecError:
         return  # never valid: nothing of ours can exist in AWS
+    release_claim(rt, body, spec.iam_user)
     observed = secrets.describe(rt.aws.secretsmanager, spec.secret_name)
     if observed is None or observed.tags.get(TAG_UID) != uid:
         return  # never created, or not ours: leave it alone

@@ -8,10 +8,13 @@ import pytest
 
 from keyrotor.model import (
     Claim,
+    ClaimDecision,
     Condition,
     Observed,
     SpecError,
     authorization_problem,
+    claim_decision,
+    claim_value,
     conflicting_claim,
     holds_claim,
     merge_conditions,
@@ -222,3 +225,21 @@ def test_rotation_config_comparison() -> None:
 def test_stuck_pending_is_pending_on_a_non_current_version() -> None:
     observed = Observed(arn="a", current_version="v1", pending_versions=["v1", "v2"])
     assert observed.stuck_pending == ["v2"]
+
+
+def test_claim_tag_decides_who_rotates_a_user() -> None:
+    mine = claim_value("prod", "uid-1")
+    assert mine == "prod/uid-1"
+    assert claim_decision(mine=mine, held=mine, live_uids=set()) is ClaimDecision.MINE
+    assert claim_decision(mine=mine, held=None, live_uids={"uid-1"}) is ClaimDecision.FREE
+    # Another live object of this installation holds it.
+    assert (
+        claim_decision(mine=mine, held="prod/uid-2", live_uids={"uid-1", "uid-2"})
+        is ClaimDecision.TAKEN
+    )
+    # Its object is gone (deleted without its finalizer): stale, may be taken.
+    assert claim_decision(mine=mine, held="prod/uid-2", live_uids={"uid-1"}) is ClaimDecision.FREE
+    # Another installation's claim is never taken over: this one cannot see its objects.
+    assert (
+        claim_decision(mine=mine, held="staging/uid-9", live_uids={"uid-1"}) is ClaimDecision.TAKEN
+    )

@@ -35,10 +35,26 @@ def get_user(iam: IAMClient, name: str) -> IamUser | None:
         if error_code(exc) == "NoSuchEntity":
             return None
         raise
+    return IamUser(name=user["UserName"], arn=user["Arn"], tags=user_tags(iam, name))
+
+
+def user_tags(iam: IAMClient, name: str) -> dict[str, str]:
     tags: dict[str, str] = {}
     for page in iam.get_paginator("list_user_tags").paginate(UserName=name):
         tags.update({t["Key"]: t["Value"] for t in page["Tags"]})
-    return IamUser(name=user["UserName"], arn=user["Arn"], tags=tags)
+    return tags
+
+
+def tag_user(iam: IAMClient, name: str, tags: dict[str, str]) -> None:
+    iam.tag_user(UserName=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+
+def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
+    try:
+        iam.untag_user(UserName=name, TagKeys=keys)
+    except Exception as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
 
 
 def list_access_keys(iam: IAMClient, user: str) -> list[AccessKey]:

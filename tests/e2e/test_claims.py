@@ -1,0 +1,66 @@
+"""The claim tag on the IAM user: one object rotates one user, across installations too."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.operator import Harness
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kube]
+
+CLAIM = "keyrotor.io/claimed-by"
+
+
+def _tags(keyrotor: Harness, user: str) -> dict[str, str]:
+    tags = keyrotor.aws.client("iam").list_user_tags(UserName=user)["Tags"]
+    return {t["Key"]: t["Value"] for t in tags}
+
+
+def test_claim_is_set_while_the_object_lives_and_released_after(keyrotor: Harness) -> None:
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    created = keyrotor.create(ns, "app", {"iamUser": user})
+    keyrotor.wait_ready(ns, "app")
+    tags = _tags(keyrotor, user)
+    assert tags[CLAIM] == f"{keyrotor.cluster_name}/{created['metadata']['uid']}"
+    assert tags["keyrotor.io/claimed-by-object"] == f"{ns}/app"
+    keyrotor.delete(ns, "app")
+    keyrotor.wait(lambda: keyrotor.get(ns, "app") is None, what="the object finalized")
+    assert CLAIM not in _tags(keyrotor, user)
+    assert tags["keyrotor.io/namespaces"] == _tags(keyrotor, user)["keyrotor.io/namespaces"]
+
+
+def test_user_claimed_by_another_installation_is_a_conflict(keyrotor: Harness) -> None:
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    iam = keyrotor.aws.client("iam")
+    iam.tag_user(
+        UserName=user,
+        Tags=[
+            {"Key": CLAIM, "Value": "other-cluster/0b9d7c1e-uid"},
+            {"Key": "keyrotor.io/claimed-by-object", "Value": "team-x/exporter"},
+        ],
+    )
+    keyrotor.create(ns, "app", {"iamUser": user})
+    obj = keyrotor.wait_condition(ns, "app", "Ready", "False", "Conflict")
+    message = keyrotor.condition(obj, "Ready")["message"]
+    assert "team-x/exporter" in message and "'other-cluster'" in message
+    assert keyrotor.user_keys(user) == {}  # nothing was rotated
+    assert "secretArn" not in obj["status"]
+    # The other installation lets go: this object takes the user.
+    iam.untag_user(UserName=user, TagKeys=[CLAIM, "keyrotor.io/claimed-by-object"])
+    status = keyrotor.wait_ready(ns, "app")["status"]
+    data = keyrotor.secret_data(keyrotor.secret(ns, "app"))
+    assert data["AWS_ACCESS_KEY_ID"] == status["accessKeyId"]
+
+
+def test_stale_claim_of_this_installation_is_taken_over(keyrotor: Harness) -> None:
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    keyrotor.aws.client("iam").tag_user(
+        UserName=user,
+        Tags=[{"Key": CLAIM, "Value": f"{keyrotor.cluster_name}/uid-of-an-object-long-gone"}],
+    )
+    created = keyrotor.create(ns, "app", {"iamUser": user})
+    keyrotor.wait_ready(ns, "app")
+    assert _tags(keyrotor, user)[CLAIM] == f"{keyrotor.cluster_name}/{created['metadata']['uid']}"
