@@ -220,7 +220,7 @@ def test_stuck_rotation_is_cleared_and_rotation_goes_on(keyrotor: Harness) -> No
         assert rotation.failed_step == "testSecret"
         stages = _stages(keyrotor, arn)
         # AWSCURRENT did not move; AWSPENDING stays on the failed version (the operator leaves
-        # it for --stuck-after, 6s from the version's creation).
+        # it for --stuck-after, 20s from the version's creation).
         assert "AWSCURRENT" in stages[first["versionId"]]
         assert _stuck_pending(stages) == [rotation.token]
     finally:

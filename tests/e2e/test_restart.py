@@ -12,7 +12,7 @@ from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
-# Ten rotations at once can take longer than the harness's --stuck-after 6s on a busy machine;
+# Ten rotations at once can take longer than the harness's --stuck-after 20s on a busy machine;
 # this module is about restarts, not about clearing stuck rotations (test_errors covers that).
 KEYROTOR_ARGS = ("--stuck-after", "120")
 BATCH = 10
