@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 AWS_CALLS = Counter(
     "keyrotor_aws_api_calls_total", "AWS API calls made by the operator", ["service", "operation"]
@@ -22,7 +22,6 @@ INSTALLATION_ENSURED = Counter(
     "keyrotor_installation_ensured_total",
     "Times the shared role, Lambda and permission were ensured",
 )
-OBJECTS = Gauge("keyrotor_objects", "AccessKeyRotation objects in the index", ["ready"])
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 
 

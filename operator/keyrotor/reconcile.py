@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from keyrotor import metrics
-from keyrotor.aws import iam, secrets
+from keyrotor.aws import iam, rotation_function, secrets
 from keyrotor.aws.clients import ACCESS_DENIED_CODES, error_code, error_message
 from keyrotor.k8s import objects, workloads
 from keyrotor.k8s import secrets as target_secrets
@@ -152,6 +152,9 @@ def _aws_failure(rt: Runtime, body: Mapping[str, Any], exc: Exception, outcome: 
     elif code:
         rt.forget_installation()
         outcome.fail(Reason.AWS_ERROR, error_message(exc), RETRY_AWS_ERROR)
+    elif isinstance(exc, rotation_function.RoleNotReadyError):
+        rt.forget_installation()  # a role created a moment ago: IAM is eventually consistent
+        outcome.fail(Reason.AWS_ERROR, str(exc), RETRY_AWS_ERROR)
     else:
         # Not an AWS error: log the type and where, never arguments (they may hold key material).
         log.error("reconcile of %s/%s failed: %s", namespace, name, type(exc).__name__)
