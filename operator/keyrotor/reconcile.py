@@ -609,6 +609,12 @@ def apply_outcome(rt: Runtime, body: Mapping[str, Any], outcome: Outcome) -> Out
     new_status = {**outcome.facts, "conditions": merged, "observedGeneration": generation}
     if any(status.get(k) != v for k, v in new_status.items()):
         objects.patch_status(rt.kube, namespace, name, new_status)
+    rt.index.note_reported(
+        namespace,
+        name,
+        body["metadata"]["uid"],
+        new_status.get("lastRotationTime") or status.get("lastRotationTime"),
+    )
     for type_, reason, message in outcome.events:
         rt.emit(dict(body), event_type=type_, reason=reason, message=message)
     return outcome

@@ -50,6 +50,9 @@ class Entry:
     next_rotation: datetime | None = None
     window: timedelta = timedelta(hours=1)
     previous_key_due: datetime | None = None
+    # status.lastRotationTime as last written: a rotation whose new version was mirrored before
+    # LastRotatedDate moved (finishSecret comes first) still has its schedule to report.
+    reported_last_rotation: str | None = None
     active: bool = False  # passed validation and tenancy; the loop may sync it
 
 
@@ -69,6 +72,13 @@ class ObjectIndex:
             for key, value in changes.items():
                 setattr(entry, key, value)
             return entry
+
+    def note_reported(self, namespace: str, name: str, uid: str, last_rotation: str | None) -> None:
+        """Record what status says of the last rotation, for an entry that exists."""
+        with self._lock:
+            entry = self._entries.get((namespace, name))
+            if entry is not None and entry.uid == uid:
+                entry.reported_last_rotation = last_rotation
 
     def remove(self, namespace: str, name: str) -> None:
         with self._lock:

@@ -32,12 +32,24 @@ from keyrotor.model import (
     Observed,
     Reason,
     SpecError,
+    isoformat,
 )
 from keyrotor.runtime import Entry, Runtime
 
 log = logging.getLogger(__name__)
 
 DUE_CHECK_INTERVAL = timedelta(seconds=30)
+
+
+def _schedule_moved(entry: Entry, observed: Observed) -> bool:
+    """AWS reports a later rotation than status does. finishSecret moves AWSCURRENT before
+    Secrets Manager records LastRotatedDate, so the version can be mirrored (by any path) while
+    the rotation's time is not known yet; without this, status kept the previous rotation's
+    times until the next one."""
+    if observed.last_rotated is None:
+        return False
+    reported = entry.reported_last_rotation
+    return reported is None or isoformat(observed.last_rotated) > reported
 
 
 class SyncLoop:
@@ -77,6 +89,11 @@ class SyncLoop:
             entry.next_rotation = observed.next_rotation
             if observed.current_version != entry.mirrored_version or observed.stuck_pending:
                 self.resync(entry, observed)
+            elif _schedule_moved(entry, observed):
+                # ListSecrets may lag: report the schedule from a consistent read.
+                fresh = secrets.describe(self.rt.aws.secretsmanager, entry.secret_arn or "")
+                if fresh is not None:
+                    self.resync(entry, fresh)
 
     def tick(self) -> None:
         """DescribeSecret for the objects in focus; the previous-key work that is due."""
@@ -94,7 +111,7 @@ class SyncLoop:
                 continue
             entry.next_rotation = observed.next_rotation
             changed = observed.current_version != entry.mirrored_version
-            if changed or self._previous_key_due(entry, now):
+            if changed or self._previous_key_due(entry, now) or _schedule_moved(entry, observed):
                 self.resync(entry, observed)
             # The rotation we waited for is over and its version mirrored, by this tick or by
             # another path (the sweep, a reconcile): stop looking. Checking only `changed` kept

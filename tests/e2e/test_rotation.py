@@ -114,6 +114,35 @@ def test_scheduled_rotation_is_mirrored(keyrotor: Harness) -> None:
     assert any(new_id in m and "new key" in m for m in messages), messages
 
 
+def test_rotation_time_follows_a_version_mirrored_before_it_was_recorded(
+    keyrotor: Harness,
+) -> None:
+    """finishSecret moves AWSCURRENT before Secrets Manager records LastRotatedDate: the new
+    version is mirrored first, and the rotation's times must still reach status."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    keyrotor.create(ns, "app", {"iamUser": user})
+    first = keyrotor.wait_ready(ns, "app")["status"]
+    keyrotor.aws.wait_for_rotations(timeout=30)
+    time.sleep(1.1)  # LastRotatedDate has one-second resolution: a rotation in a later second
+    keyrotor.aws.record_rotation_delay = 3.0
+    try:
+        keyrotor.annotate(ns, "app", {"keyrotor.io/rotate-now": "time-gap"})
+        second = _wait_new_key(keyrotor, ns, "app", first["accessKeyId"], "the rotate-now key")
+        keyrotor.aws.wait_for_rotations(timeout=30)
+    finally:
+        keyrotor.aws.record_rotation_delay = 0.0
+    recorded = keyrotor.aws.client("secretsmanager").describe_secret(SecretId=first["secretArn"])
+    expected = recorded["LastRotatedDate"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert expected != first["lastRotationTime"]
+    final = keyrotor.wait(
+        lambda: (s := _status(keyrotor, ns, "app")).get("lastRotationTime") == expected and s,
+        what=f"status.lastRotationTime {expected}",
+    )
+    assert final["versionId"] == second["versionId"]
+    assert final["nextRotationTime"] != first["nextRotationTime"]
+
+
 def _deployment(keyrotor: Harness, ns: str, name: str) -> None:
     labels = {"app": name}
     keyrotor.apps.create_namespaced_deployment(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -381,6 +382,35 @@ def test_run_due_rotations_rotates_secrets_that_are_due(
     assert after["NextRotationDate"] > due - timedelta(days=1)
     assert after["LastRotatedDate"] is not None
     assert arn not in aws.run_due_rotations(due)  # rescheduled a day later
+
+
+# 8. LastRotatedDate after AWSCURRENT
+
+
+def test_last_rotated_date_is_recorded_after_awscurrent_moves(
+    aws: AwsEmulator, iam_user: str, rotation_lambda_arn: str
+) -> None:
+    sm = aws.client("secretsmanager")
+    arn = create_user_secret(aws, iam_user, with_key=True)
+    before = _stages(aws, arn)
+    aws.record_rotation_delay = 2.0
+    try:
+        token = sm.rotate_secret(
+            SecretId=arn,
+            RotationLambdaARN=rotation_lambda_arn,
+            RotationRules={"ScheduleExpression": "rate(1 days)"},
+        )["VersionId"]
+        deadline = time.monotonic() + 30
+        while _holder(_stages(aws, arn), "AWSCURRENT") != token:
+            assert time.monotonic() < deadline, "AWSCURRENT never moved"
+            time.sleep(0.05)
+        moved = sm.describe_secret(SecretId=arn)
+        assert moved.get("LastRotatedDate") is None  # finishSecret done, rotation not recorded
+        aws.wait_for_rotations()
+    finally:
+        aws.record_rotation_delay = 0.0
+    assert token not in before
+    assert sm.describe_secret(SecretId=arn)["LastRotatedDate"] is not None
 
 
 # Test tools: fault injection and the call log

@@ -67,6 +67,16 @@ https://docs.aws.amazon.com/.
    doc:      secretsmanager/latest/userguide/rotate-secrets_schedule.html
    test:     test_run_due_rotations_rotates_secrets_that_are_due
 
+8. LastRotatedDate comes after AWSCURRENT moves.
+   moto:     no rotation of its own (see 1).
+   restored: a rotation's LastRotatedDate and next NextRotationDate are recorded after the last
+             step returns, as AWS records them when the function's finishSecret has already moved
+             AWSCURRENT; :attr:`AwsEmulator.record_rotation_delay` widens that gap so a test can
+             see a client that mirrors the new version before the rotation's time is known.
+   doc:      secretsmanager/latest/apireference/API_DescribeSecret.html (LastRotatedDate: "the
+             last date and time that Secrets Manager rotated the secret")
+   test:     test_last_rotated_date_is_recorded_after_awscurrent_moves
+
 Not restored (left as moto does it): authorization (IAM policies are not evaluated), the
 rotation window (Duration is stored and reported, rotations start when asked), NextRotationDate for
 cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too.
@@ -706,6 +716,8 @@ class AwsEmulator:
         self.faults = Faults()
         self.rotations: list[Rotation] = []
         self.endpoint_url = ""
+        # Seconds between finishSecret (AWSCURRENT moved) and LastRotatedDate being recorded.
+        self.record_rotation_delay = 0.0
 
     # lifecycle
 
@@ -990,6 +1002,8 @@ class AwsEmulator:
                     )
                     return
             rotation.succeeded = True
+            if self.record_rotation_delay:
+                time.sleep(self.record_rotation_delay)
             self._rotation_succeeded(rotation)
         except Exception:
             rotation.succeeded = False
