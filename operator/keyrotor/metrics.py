@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 AWS_CALLS = Counter(
     "keyrotor_aws_api_calls_total", "AWS API calls made by the operator", ["service", "operation"]
@@ -22,6 +22,10 @@ INSTALLATION_ENSURED = Counter(
     "keyrotor_installation_ensured_total",
     "Times the shared role, Lambda and permission were ensured",
 )
+RETRIES = Counter(
+    "keyrotor_retries_total", "Failed decisions scheduled again with backoff (per object)"
+)
+BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 
 

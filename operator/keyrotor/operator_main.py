@@ -9,6 +9,7 @@ import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
+from keyrotor.installation import Installation, Target
 from keyrotor.k8s.client import KubeApis
 from keyrotor.k8s.events import post_event
 from keyrotor.runtime import Runtime
@@ -32,12 +33,12 @@ def make_runtime(settings: Settings) -> Runtime:
         kube = KubeApis.create()
     except Exception as exc:
         raise StartupError(f"cannot load a Kubernetes configuration: {exc}") from None
+    target = Target(account_id=str(identity["Account"]), partition=arn.split(":")[1])
     return Runtime(
         settings=settings,
         aws=aws,
         kube=kube,
-        account_id=str(identity["Account"]),
-        partition=arn.split(":")[1],
+        installation=Installation(settings, aws, target),
         emit=partial(post_event, kube),
     )
 

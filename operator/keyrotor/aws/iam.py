@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from keyrotor.aws.clients import error_code
+from keyrotor.aws.clients import aws_errors, error_code
+from keyrotor.model import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -20,13 +20,7 @@ class IamUser:
     tags: dict[str, str]
 
 
-@dataclass(frozen=True)
-class AccessKey:
-    access_key_id: str
-    status: str  # Active | Inactive
-    created: datetime
-
-
+@aws_errors("iam")
 def get_user(iam: IAMClient, name: str) -> IamUser | None:
     """The user with its tags, or None when there is no such user."""
     try:
@@ -38,6 +32,7 @@ def get_user(iam: IAMClient, name: str) -> IamUser | None:
     return IamUser(name=user["UserName"], arn=user["Arn"], tags=user_tags(iam, name))
 
 
+@aws_errors("iam")
 def user_tags(iam: IAMClient, name: str) -> dict[str, str]:
     tags: dict[str, str] = {}
     for page in iam.get_paginator("list_user_tags").paginate(UserName=name):
@@ -45,10 +40,23 @@ def user_tags(iam: IAMClient, name: str) -> dict[str, str]:
     return tags
 
 
+@aws_errors("iam")
+def user_tags_if_exists(iam: IAMClient, name: str) -> dict[str, str]:
+    """The user's tags; none when there is no such user."""
+    try:
+        return user_tags(iam, name)
+    except Exception as exc:
+        if error_code(exc) == "NoSuchEntity":
+            return {}
+        raise
+
+
+@aws_errors("iam")
 def tag_user(iam: IAMClient, name: str, tags: dict[str, str]) -> None:
     iam.tag_user(UserName=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
 
+@aws_errors("iam")
 def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
     try:
         iam.untag_user(UserName=name, TagKeys=keys)
@@ -57,25 +65,17 @@ def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
             raise
 
 
-def list_access_keys(iam: IAMClient, user: str) -> list[AccessKey]:
-    keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
-    return [
-        AccessKey(access_key_id=k["AccessKeyId"], status=k["Status"], created=k["CreateDate"])
-        for k in keys
-    ]
-
-
-def deactivate_access_key(iam: IAMClient, user: str, access_key_id: str) -> bool:
-    """Mark a key Inactive. False when the key is already gone (nothing to do)."""
+@aws_errors("iam")
+def deactivate_access_key(iam: IAMClient, user: str, access_key_id: str) -> None:
+    """Mark a key Inactive; a key already gone is nothing to do."""
     try:
         iam.update_access_key(UserName=user, AccessKeyId=access_key_id, Status="Inactive")
     except Exception as exc:
-        if error_code(exc) == "NoSuchEntity":
-            return False
-        raise
-    return True
+        if error_code(exc) != "NoSuchEntity":
+            raise
 
 
+@aws_errors("iam")
 def delete_access_key(iam: IAMClient, user: str, access_key_id: str) -> None:
     try:
         iam.delete_access_key(UserName=user, AccessKeyId=access_key_id)
@@ -140,6 +140,7 @@ def rotation_role_policy(
     }
 
 
+@aws_errors("iam")
 def ensure_lambda_role(iam: IAMClient, *, role_name: str, policy: dict[str, Any]) -> str:
     """The execution role with its trust and inline policy, created or corrected; its ARN."""
     try:
@@ -152,7 +153,7 @@ def ensure_lambda_role(iam: IAMClient, *, role_name: str, policy: dict[str, Any]
                 RoleName=role_name,
                 AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST_POLICY),
                 Description="keyrotor rotation Lambda execution role",
-                Tags=[{"Key": "app.kubernetes.io/managed-by", "Value": "keyrotor"}],
+                Tags=[{"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE}],
             )["Role"]
         except Exception as create_exc:
             if error_code(create_exc) != "EntityAlreadyExists":
