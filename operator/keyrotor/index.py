@@ -110,15 +110,14 @@ class ObjectIndex:
         uid: str,
         *,
         now: datetime,
-        delay: float | None,
         base: float,
         cap: float,
     ) -> Entry:
-        """A failed decision: try again after ``delay``, or after the next backoff step."""
+        """A failed decision: try again after the next step of its backoff."""
         with self._lock:
             entry = self._current(namespace, name, uid)
             failures = entry.failures + 1
-            wait = delay if delay is not None else backoff(failures, base=base, cap=cap)
+            wait = backoff(failures, base=base, cap=cap)
             metrics.RETRIES.inc()
             return self._put(
                 replace(entry, failures=failures, next_check=now + timedelta(seconds=wait))

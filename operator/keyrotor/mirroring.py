@@ -76,7 +76,9 @@ def mirror_key(
     mirrored = status.get("versionId")
     if first_key or secret is None:
         # Nothing to mirror until AWSCURRENT moves off the version keyrotor created.
-        return Sync(waiting_for_first_key(), mirrored_version=secret.current_version if secret else None)
+        return Sync(
+            waiting_for_first_key(), mirrored_version=secret.current_version if secret else None
+        )
     current = secret.current_version
     if current == mirrored and target_state(obs.target, current) is TargetState.CURRENT:
         actions, due = previous_key_work(spec, status, now)

@@ -262,15 +262,12 @@ def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:
     obj = object_view(body)
     now = rt.clock()
     if failure is not None:
-        recheck = rt.settings.recheck_interval if failure.retry is errors.Retry.RECHECK else None
+        # What a person must fix is looked at again from the recheck interval on; the rest
+        # from retry_base on; both double up to retry_cap.
+        recheck = failure.retry is errors.Retry.RECHECK
+        base = rt.settings.recheck_interval if recheck else rt.settings.retry_base
         rt.index.failed(
-            obj.namespace,
-            obj.name,
-            obj.uid,
-            now=now,
-            delay=recheck,
-            base=rt.settings.retry_base,
-            cap=rt.settings.retry_cap,
+            obj.namespace, obj.name, obj.uid, now=now, base=base, cap=rt.settings.retry_cap
         )
         return
     rt.index.apply(

@@ -43,8 +43,12 @@ class SyncLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         next_sweep = 0.0
+        next_installation_check = time.monotonic() + self.rt.settings.installation_recheck
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_installation_check:
+                    next_installation_check += self.rt.settings.installation_recheck
+                    await asyncio.to_thread(self.check_installation)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.rt.settings.sync_interval
                     await asyncio.to_thread(self.sweep)
@@ -53,6 +57,13 @@ class SyncLoop:
                 log.warning("sync loop round failed: %s", failure_for(exc).message)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.rt.settings.focus_interval)
+
+    def check_installation(self) -> None:
+        """The role, Lambda and permission, checked at a fixed period while objects use them:
+        a Lambda deleted out of band comes back without waiting for an object's event."""
+        if self.rt.index.active():
+            self.rt.installation.forget()
+            self.rt.installation.ensure()
 
     def decide(self, entry: Entry) -> None:
         """A new decision on one object; whatever happens stays with that object."""
@@ -67,7 +78,6 @@ class SyncLoop:
                 entry.name,
                 entry.uid,
                 now=self.rt.clock(),
-                delay=None,
                 base=settings.retry_base,
                 cap=settings.retry_cap,
             )
@@ -86,8 +96,8 @@ class SyncLoop:
             entry = entries.get(
                 (observed.tags.get(TAG_NAMESPACE, ""), observed.tags.get(TAG_NAME, ""))
             )
-            if entry is None or observed.tags.get(TAG_UID) != entry.uid:
-                continue
+            if entry is None or observed.tags.get(TAG_UID) != entry.uid or entry.failures:
+                continue  # not ours, or backing off (its next_check decides)
             if needs_decision(entry.state.mirrored_version, entry.reported_last_rotation, observed):
                 self.decide(entry)
 
@@ -97,7 +107,7 @@ class SyncLoop:
         for entry in self.rt.index.entries():
             if entry.next_check is not None and now >= entry.next_check:
                 self.decide(entry)
-            elif entry.state.active and entry.state.secret_arn is not None:
+            elif entry.state.active and entry.state.secret_arn is not None and not entry.failures:
                 try:
                     self.look(entry, now)
                 except Exception as exc:

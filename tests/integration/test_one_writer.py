@@ -124,7 +124,7 @@ def test_sync_loop_reconcile_and_repair_at_once_agree(
         _all_at_once(
             sync.SyncLoop(rt).sweep,
             lambda: reconcile.converge(rt, namespace, "app"),
-            lambda: sync.target_secret_changed(rt, namespace, "app", edited, deleted=False),
+            partial(sync.target_secret_changed, rt, namespace, "app", edited, deleted=False),
         )
 
         after = _status(rt, namespace)

@@ -500,4 +500,3 @@ def test_deletion_policy_delete_cancels_and_schedules() -> None:
 def test_deletion_leaves_a_secret_that_is_not_ours() -> None:
     plan = policies.deletion_plan(spec(), secret(tags={TAG_UID: "uid-2"}), uid=UID)
     assert plan.actions == [] and plan.events == []
-
