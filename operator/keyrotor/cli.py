@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keyrotor import policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
+    policy_command.add_parser(commands)
     return parser
 
 
@@ -114,6 +116,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "policy":
+        return policy_command.main(args)
     if args.command == "demo":
         from keyrotor.demo import main as demo_main
 
