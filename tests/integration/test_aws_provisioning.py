@@ -16,7 +16,7 @@ from keyrotor.aws.lambda_package import (
     rotation_lambda_package,
 )
 from keyrotor.model import TAG_UID
-from keyrotor.sandbox.aws import AwsEmulator
+from keyrotor_sandbox.aws import AwsEmulator
 
 
 @pytest.fixture
