@@ -1,6 +1,7 @@
 """The IAM documents of keyrotor.aws.policies: what they grant, to whom, on what, under which
 conditions. These are the checks the AWS emulator cannot make (tags, boundary, PassedToService,
-condition keys), plus two IAM policy analysers from PyPI (parliament, cloudsplaining)."""
+condition keys), plus an IAM policy analyser from PyPI (cloudsplaining, and the IAM reference
+database it ships with, policy_sentry)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import ast
 import fnmatch
 import io
 import json
+import re
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import botocore.session
 import cloudsplaining.scan.policy_document as cloudsplaining
-import parliament
 import pytest
 from botocore import xform_name
+from policy_sentry.querying.actions import get_action_data
 
 from keyrotor import cli, policy_command
 from keyrotor.aws import policies
@@ -371,17 +373,49 @@ def test_other_partitions_and_regions() -> None:
 IDENTITY_DOCUMENTS = (policies.OPERATOR, policies.LAMBDA_ROLE, policies.BOUNDARY)
 
 
-@pytest.mark.parametrize("mode", [CREATED, GIVEN], ids=["created-role", "given-role"])
-def test_parliament_finds_nothing(mode: policies.PolicyParams) -> None:
-    """Syntax, known actions and condition keys, operator types, resource ARNs matching actions.
+def _condition_key_known(action: str, key: str) -> bool:
+    """The key applies to the action (templates such as ``iam:ResourceTag/${TagKey}`` match
+    any tag); global ``aws:`` keys apply to every action."""
+    service, name = action.split(":")
+    rows = get_action_data(service, name).get(service) or []
+    assert rows, f"{action} is not an IAM action"
+    if key.startswith("aws:"):
+        return True
+    for known in {k for row in rows for k in row["condition_keys"]}:
+        pattern = re.sub(r"\\\$\\\{[^}]+\\\}", ".+", re.escape(known))
+        if re.fullmatch(pattern, key, flags=re.IGNORECASE):
+            return True
+    return False
 
-    Only the identity policies: parliament reads every document as one, so a trust policy (a
-    resource policy, without Resource) is always MALFORMED to it; the trust documents are
-    checked field by field in test_trust_policies_name_exactly_who_may_assume."""
+
+def _arn_formats(action: str) -> list[str]:
+    service, name = action.split(":")
+    return [row["resource_arn_format"] for row in get_action_data(service, name)[service]]
+
+
+def _arn_matches_format(arn: str, pattern: str) -> bool:
+    if pattern == "*":
+        return arn == "*"
+    regex = re.sub(r"\\\$\\\{[^}]+\\\}", ".+", re.escape(pattern))
+    return re.fullmatch(regex, arn.replace("*", "x")) is not None
+
+
+@pytest.mark.parametrize("mode", [CREATED, GIVEN], ids=["created-role", "given-role"])
+def test_actions_condition_keys_and_resources_are_valid_for_each_action(
+    mode: policies.PolicyParams,
+) -> None:
+    """Checked against the IAM reference shipped with policy_sentry (cloudsplaining's database):
+    every action exists, every condition key applies to every action of its statement (or is
+    a global aws: key), and every resource ARN has the form of a resource type of the action."""
     for name in IDENTITY_DOCUMENTS:
-        document = policies.documents(mode)[name]
-        findings = parliament.analyze_policy_string(json.dumps(document)).findings
-        assert [(f.issue, f.detail) for f in findings] == [], name
+        for statement in statements(policies.documents(mode)[name]):
+            keys = {k for by_key in statement.get("Condition", {}).values() for k in by_key}
+            for action in as_list(statement["Action"]):
+                unknown = {k for k in keys if not _condition_key_known(action, k)}
+                assert not unknown, (name, statement["Sid"], action, unknown)
+                for arn in as_list(statement["Resource"]):
+                    formats = _arn_formats(action)
+                    assert any(_arn_matches_format(arn, f) for f in formats), (action, arn)
 
 
 @pytest.mark.parametrize("mode", [CREATED, GIVEN], ids=["created-role", "given-role"])

@@ -393,10 +393,11 @@ def _lambda_statements(p: PolicyParams) -> list[dict[str, Any]]:
             p.users_arn,
             **_marked_user(),
         ),
+        _statement("CreateItsOwnLogGroup", ["logs:CreateLogGroup"], p.log_group_arn),
         _statement(
             "WriteItsOwnLogs",
-            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-            [p.log_group_arn, f"{p.log_group_arn}:*"],
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            f"{p.log_group_arn}:log-stream:*",
         ),
     ]
 
