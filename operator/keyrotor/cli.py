@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keyrotor import policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE:USER_GLOB",
         help="objects in NAMESPACE may claim IAM users matching the glob (repeatable)",
     )
+    run.add_argument(
+        "--kms-key",
+        action="append",
+        default=None,
+        metavar="KEY_ARN",
+        help="a customer managed KMS key objects may use in spec.secretsManager.kmsKeyId "
+        "(repeatable; any other key is refused on the object)",
+    )
     # argparse converts string defaults with `type`, so a bad variable is a usage error too.
     run.add_argument(
         "--metrics-port",
@@ -90,12 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
+    policy_command.add_parser(commands)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
     return Settings(
         cluster_name=args.cluster_name,
         region=args.region or None,
@@ -106,6 +117,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
+        kms_keys=tuple(kms_keys),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_format=args.log_format,
@@ -132,6 +144,8 @@ def run_demo() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "policy":
+        return policy_command.main(args)
     if args.command == "demo":
         return run_demo()
     try:
