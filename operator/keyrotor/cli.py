@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keyrotor import policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -79,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE:USER_GLOB",
         help="objects in NAMESPACE may claim IAM users matching the glob (repeatable)",
     )
+    run.add_argument(
+        "--kms-key",
+        action="append",
+        default=None,
+        metavar="KEY_ARN",
+        help="a customer managed KMS key objects may use in spec.secretsManager.kmsKeyId "
+        "(repeatable; any other key is refused on the object)",
+    )
     # argparse converts string defaults with `type`, so a bad variable is a usage error too.
     run.add_argument(
         "--metrics-port",
@@ -95,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
+    policy_command.add_parser(commands)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
     return Settings(
         cluster_name=args.cluster_name,
         region=args.region or None,
@@ -114,18 +125,37 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
+        kms_keys=tuple(kms_keys),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_format=args.log_format,
     )
 
 
+SANDBOX_MISSING = (
+    "keyrotor demo: the sandbox is not installed (it is not part of the operator's image); "
+    "from a keyrotor checkout run `make demo`, or `pip install -e ./sandbox` then `keyrotor demo`"
+)
+
+
+def run_demo() -> int:
+    """``keyrotor demo`` lives in the sandbox package, installed by ``make demo``/``make test``."""
+    try:
+        from keyrotor_sandbox.demo import main as demo_main
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("keyrotor_sandbox"):
+            raise  # the sandbox is there but broken: show the real error
+        print(SANDBOX_MISSING, file=sys.stderr)
+        return 1
+    return demo_main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "policy":
+        return policy_command.main(args)
     if args.command == "demo":
-        from keyrotor.demo import main as demo_main
-
-        return demo_main()
+        return run_demo()
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

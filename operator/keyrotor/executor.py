@@ -87,7 +87,7 @@ def _ensure_installation(c: Context, a: Any) -> Event | None:
 
 
 def _create_secret(c: Context, a: Any) -> Event | None:
-    secrets.create_secret(
+    secrets.create_managed_secret(
         c.rt.aws.secretsmanager,
         name=a.name,
         iam_user=a.iam_user,

@@ -16,7 +16,7 @@ from keyrotor.aws.lambda_package import (
     rotation_lambda_package,
 )
 from keyrotor.model import TAG_UID
-from keyrotor.sandbox.aws import AwsEmulator
+from keyrotor_sandbox.aws import AwsEmulator
 
 
 @pytest.fixture
@@ -134,7 +134,9 @@ def _ensure(aws: AwsEmulator, name: str, user: str, uid: str, kms: str | None = 
         TAG_UID: uid,
     }
     sm = aws.client("secretsmanager")
-    secrets.create_secret(sm, name=name, iam_user=user, tags=tags, owner_uid=uid, kms_key_id=kms)
+    secrets.create_managed_secret(
+        sm, name=name, iam_user=user, tags=tags, owner_uid=uid, kms_key_id=kms
+    )
     observed = secrets.describe(sm, name)
     assert observed is not None
     missing = {k: v for k, v in tags.items() if observed.tags.get(k) != v}
@@ -168,7 +170,7 @@ def test_create_is_idempotent_and_a_secret_scheduled_for_deletion_is_restored(
     first = _ensure(aws, name, iam_user, "uid-1")
     # Created by another object meanwhile: the create is no error, the secret is left as it was
     # (the planner decides from its tags whether it is this object's).
-    secrets.create_secret(
+    secrets.create_managed_secret(
         aws.client("secretsmanager"),
         name=name,
         iam_user=iam_user,
@@ -245,3 +247,31 @@ def test_first_rotation_creates_a_managed_key_and_cancel_then_delete(
     assert not secrets.describe(sm, observed.arn).rotation_enabled
     secrets.schedule_deletion(sm, observed.arn, 7)
     assert secrets.describe(sm, observed.arn).deleted
+
+
+def test_lambda_role_is_created_with_the_permissions_boundary(
+    aws: AwsEmulator, names: dict[str, str]
+) -> None:
+    client = aws.client("iam")
+    boundary = f"arn:aws:iam::{aws.account_id}:policy/{names['role']}-boundary"
+    policy = _policy(aws, names["function"])
+    iam.ensure_lambda_role(client, role_name=names["role"], policy=policy, boundary_arn=boundary)
+    role = client.get_role(RoleName=names["role"])["Role"]
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == boundary
+
+
+def test_a_role_without_the_boundary_is_refused_before_anything_is_written(
+    aws: AwsEmulator, names: dict[str, str]
+) -> None:
+    client = aws.client("iam")
+    iam.ensure_lambda_role(client, role_name=names["role"], policy=_policy(aws, names["function"]))
+    boundary = f"arn:aws:iam::{aws.account_id}:policy/{names['role']}-boundary"
+    aws.calls.reset()
+    with pytest.raises(iam.RoleBoundaryError, match="put-role-permissions-boundary"):
+        iam.ensure_lambda_role(
+            client,
+            role_name=names["role"],
+            policy={"Version": "2012-10-17", "Statement": []},
+            boundary_arn=boundary,
+        )
+    assert [op for _, op in aws.calls.pairs()] == ["GetRole"]

@@ -71,7 +71,7 @@ def describe(sm: SecretsManagerClient, secret_id: str) -> Observed | None:
 
 
 @aws_errors("secretsmanager")
-def create_secret(
+def create_managed_secret(
     sm: SecretsManagerClient,
     *,
     name: str,
