@@ -1,12 +1,13 @@
 # The two commands of README.md: `make demo` and `make test`. Each sets up what it needs on a
 # fresh machine: a virtualenv with the package and its test extras, and the test API server
-# binaries (built from the Go modules pinned in tests/envtest, or taken from KUBEBUILDER_ASSETS).
+# binaries (built from the Go modules pinned in tests/envtest, or taken from KUBEBUILDER_ASSETS),
+# and helm for the chart tests (built from the Go modules pinned in tests/helm, or $HELM).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint unit envtest bench clean
+.PHONY: demo test lint unit envtest helm bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml
 envtest:
 	@if [ -z "$$KUBEBUILDER_ASSETS" ]; then $(MAKE) --no-print-directory -C tests/envtest; fi
 
+helm:
+	@if [ -z "$$HELM" ]; then $(MAKE) --no-print-directory -C tests/helm; fi
+
 demo: $(STAMP) envtest
 	$(BIN)/keyrotor demo
 
@@ -24,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator tests
 	$(BIN)/mypy
 
-test: $(STAMP) envtest lint
+test: $(STAMP) envtest helm lint
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
