@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keyrotor import policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time between renewals and between takeover attempts",
     )
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
+    policy_command.add_parser(commands)
     from keyrotor.ctl import add_parsers
 
     add_parsers(commands)
@@ -159,16 +161,34 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+SANDBOX_MISSING = (
+    "keyrotor demo: the sandbox is not installed (it is not part of the operator's image); "
+    "from a keyrotor checkout run `make demo`, or `pip install -e ./sandbox` then `keyrotor demo`"
+)
+
+
+def run_demo() -> int:
+    """``keyrotor demo`` lives in the sandbox package, installed by ``make demo``/``make test``."""
+    try:
+        from keyrotor_sandbox.demo import main as demo_main
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("keyrotor_sandbox"):
+            raise  # the sandbox is there but broken: show the real error
+        print(SANDBOX_MISSING, file=sys.stderr)
+        return 1
+    return demo_main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "policy":
+        return policy_command.main(args)
     if args.command in ("status", "rotate"):
         from keyrotor import ctl
 
         return ctl.main(args.command, args)
     if args.command == "demo":
-        from keyrotor.demo import main as demo_main
-
-        return demo_main()
+        return run_demo()
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

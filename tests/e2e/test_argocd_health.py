@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from keyrotor.sandbox.aws import LAMBDA_RETRIES
+from keyrotor_sandbox.aws import LAMBDA_RETRIES
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]

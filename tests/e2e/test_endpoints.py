@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from keyrotor.sandbox.aws import AwsEmulator
-from keyrotor.sandbox.kube import KubeApiServer
+from keyrotor_sandbox.aws import AwsEmulator
+from keyrotor_sandbox.kube import KubeApiServer
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]

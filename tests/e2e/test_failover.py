@@ -19,8 +19,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from keyrotor.sandbox.aws import Rotation
-from keyrotor.sandbox.operator import OperatorProcess
+from keyrotor_sandbox.aws import Rotation
+from keyrotor_sandbox.operator import OperatorProcess
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]

@@ -1,4 +1,4 @@
-"""One test per AWS behaviour the emulator restores (keyrotor.sandbox.aws), and its test tools."""
+"""One test per AWS behaviour the emulator restores (keyrotor_sandbox.aws), and its test tools."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from keyrotor.aws.lambda_package import HANDLER, build_zip
-from keyrotor.sandbox.aws import LAMBDA_RETRIES, PREVIOUS_ROTATION_INCOMPLETE, AwsEmulator
+from keyrotor_sandbox.aws import LAMBDA_RETRIES, PREVIOUS_ROTATION_INCOMPLETE, AwsEmulator
 from tests.fixtures.aws import create_user_secret
 
 MARKER_HANDLER = textwrap.dedent(

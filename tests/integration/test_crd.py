@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "keyrotor.io_accesskeyrotations.yaml"
 RBAC_PATH = ROOT / "deploy" / "base" / "rbac.yaml"
 EXAMPLE_PATH = ROOT / "deploy" / "examples" / "accesskeyrotation.yaml"
-IAM_POLICY_PATH = ROOT / "deploy" / "examples" / "operator-iam-policy.json"
 HELM_CHART = ROOT / "deploy" / "helm" / "keyrotor"
 HELM_CRD_PATH = HELM_CHART / "crds" / CRD_PATH.name
 HELM_RULES_PATH = HELM_CHART / "files" / "operator-rules.yaml"
@@ -164,13 +163,6 @@ def test_example_object_matches_the_crd() -> None:
     assert example["kind"] == "AccessKeyRotation"
     spec_schema = crd_version(load_crd())["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert set(example["spec"]) <= set(spec_schema["properties"])
-
-
-def test_operator_iam_policy_is_valid_json() -> None:
-    policy = json.loads(IAM_POLICY_PATH.read_text())
-    assert policy["Version"] == "2012-10-17"
-    sids = [s["Sid"] for s in policy["Statement"]]
-    assert len(sids) == len(set(sids))
 
 
 def test_helm_chart_ships_the_same_crd_and_operator_rules() -> None:

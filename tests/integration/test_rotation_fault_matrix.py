@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from keyrotor.sandbox.aws import LAMBDA_RETRIES, ROTATION_STEPS, AwsEmulator
+from keyrotor_sandbox.aws import LAMBDA_RETRIES, ROTATION_STEPS, AwsEmulator
 from tests.fixtures.aws import create_user_secret
 
 _clean_runs: dict[str, dict[str, list[tuple[str, str, int]]]] = {}

@@ -5,7 +5,9 @@ layer around moto's application. That layer and the moto patches in this module 
 where the emulator departs from plain moto. Each departure restores what AWS does where moto 5.2.5
 differs in a way that would make our tests lie, and each has its own test in
 ``tests/integration/test_aws_emulator.py`` (named below). Doc paths are under
-https://docs.aws.amazon.com/.
+https://docs.aws.amazon.com/. The patches reach into moto's internals, so moto is pinned to
+exactly that release (:data:`MOTO_VERSION`, sandbox/pyproject.toml); ``tests/unit/
+test_packaging.py`` fails on any other.
 
 1. Rotation runs the uploaded Lambda.
    moto:     RotateSecret invokes the function through Docker, synchronously, then moves
@@ -97,6 +99,7 @@ when ``fast_test_backoff`` is true.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -131,6 +134,9 @@ from werkzeug.serving import make_server
 
 logger = logging.getLogger(__name__)
 
+# The moto release every fix below was written and checked against. Changing moto means checking
+# each numbered fix again (its test, and the test that shows plain moto still needs it).
+MOTO_VERSION = "5.2.5"
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
 ROOT_ACCESS_KEY_ID = "testing"
@@ -724,6 +730,14 @@ class AwsEmulator:
     def start(self) -> Self:
         if self._server is not None:
             return self
+        installed = importlib.metadata.version("moto")
+        if installed != MOTO_VERSION:
+            logger.warning(
+                "moto %s is installed; the emulator's fixes were written against moto %s "
+                "(pip install -e ./sandbox installs it)",
+                installed,
+                MOTO_VERSION,
+            )
         _install_moto_patches()
         if self._fast_test_backoff:
             for name, value in _FAST_TEST_BACKOFF.items():

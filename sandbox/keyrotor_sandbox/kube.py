@@ -25,8 +25,8 @@ Everything listens on 127.0.0.1 on free ports. ``stop()`` (and leaving the ``wit
 stops every process and removes the data folder; the process logs are kept (and their folder
 named) only when start-up failed or a process died on its own.
 
-From a shell: ``python -m keyrotor.sandbox.kube build`` (build or find the binaries, print their
-folder) and ``python -m keyrotor.sandbox.kube run`` (start, print the kubeconfigs, wait for Ctrl-C).
+From a shell: ``python -m keyrotor_sandbox.kube build`` (build or find the binaries, print their
+folder) and ``python -m keyrotor_sandbox.kube run`` (start, print the kubeconfigs, wait for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -1115,14 +1115,14 @@ def _load_documents(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, A
 
 
 # --------------------------------------------------------------------------------------------
-# python -m keyrotor.sandbox.kube build|run
+# python -m keyrotor_sandbox.kube build|run
 # --------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m keyrotor.sandbox.kube")
+    parser = argparse.ArgumentParser(prog="python -m keyrotor_sandbox.kube")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build or find the binaries; print their folder")
     run = sub.add_parser("run", help="start the API server; print kubeconfigs; wait for Ctrl-C")
