@@ -84,8 +84,8 @@ def test_metrics_liveness_and_json_logs(keyrotor: Harness, ports: dict[str, int]
         what="the key age of the object on /metrics",
     )
 
-    def value(name: str, **labels: str) -> float:
-        return samples.get((name, frozenset(labels.items())), 0.0)
+    def value(metric: str, /, **labels: str) -> float:
+        return samples.get((metric, frozenset(labels.items())), 0.0)
 
     assert value("keyrotor_secret_syncs_total", cause="initial") >= 1
     assert value("keyrotor_rotations_requested_total", cause="first-key") >= 1

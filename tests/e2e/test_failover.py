@@ -37,7 +37,7 @@ LEASE_ARGS = (
     "--leader-election-renew-deadline",
     "4s",
     "--leader-election-retry-period",
-    "0.5s",
+    "0.5",
 )
 KEYROTOR_ARGS = (*LEASE_ARGS, "--leader-election-id", "first", "--stuck-after", "120")
 BATCH = 6
