@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE:USER_GLOB",
         help="objects in NAMESPACE may claim IAM users matching the glob (repeatable)",
     )
+    run.add_argument(
+        "--kms-key",
+        action="append",
+        default=None,
+        metavar="KEY_ARN",
+        help="a customer managed KMS key objects may use in spec.secretsManager.kmsKeyId "
+        "(repeatable; any other key is refused on the object)",
+    )
     # argparse converts string defaults with `type`, so a bad variable is a usage error too.
     run.add_argument(
         "--metrics-port",
@@ -133,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
     return Settings(
         cluster_name=args.cluster_name,
         region=args.region or None,
@@ -143,6 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
+        kms_keys=tuple(kms_keys),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_format=args.log_format,

@@ -15,6 +15,7 @@ from keyrotor.model import parse_duration
 
 DEFAULT_SYNC_INTERVAL = 300.0
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
 
 class SettingsError(ValueError):
@@ -56,6 +57,7 @@ class Settings:
     recheck_interval: float = 120.0
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
+    kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
     metrics_port: int = 0  # 0: no metrics endpoint
     health_port: int = 0  # 0: no liveness endpoint
     log_format: str = "text"
@@ -79,6 +81,12 @@ class Settings:
             raise SettingsError(
                 f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"
             )
+        for key in self.kms_keys:
+            if not KMS_KEY_ARN_RE.match(key):
+                raise SettingsError(
+                    f"--kms-key {key!r}: give the key's ARN "
+                    f"(arn:<partition>:kms:<region>:<account>:key/<id>)"
+                )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"--log-format {self.log_format!r}: expected json or text")
         if not self.lease_duration > self.renew_deadline > self.retry_period * 1.2:
