@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keyrotor import policy_command
+from keyrotor import audit_command, policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
     policy_command.add_parser(commands)
+    audit_command.add_parser(commands)
     return parser
 
 
@@ -146,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "policy":
         return policy_command.main(args)
+    if args.command == "audit":
+        return audit_command.main(args)
     if args.command == "demo":
         return run_demo()
     try:
