@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keyrotor import policy_command
+from keyrotor import audit_command, policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
     policy_command.add_parser(commands)
+    audit_command.add_parser(commands)
     from keyrotor.ctl import add_parsers
 
     add_parsers(commands)
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "policy":
         return policy_command.main(args)
+    if args.command == "audit":
+        return audit_command.main(args)
     if args.command in ("status", "rotate"):
         from keyrotor import ctl
 
