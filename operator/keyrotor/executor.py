@@ -46,6 +46,7 @@ class Done:
 
     facts: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    failed: Action | None = None  # the action that stopped the rest
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ def execute(
     """Run the actions in order; the first failure propagates (the rest waits for next time)."""
     context = Context(rt, obj, key)
     for action in actions:
+        done.failed = action
         earned = _RUNNERS[type(action)](context, action)
+        done.failed = None
         done.facts.update(action.facts)
         if earned is not None:
             done.events.append(earned)

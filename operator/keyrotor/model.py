@@ -70,6 +70,7 @@ class Reason:
     ROTATION_REQUESTED = "RotationRequested"
     ROTATION_PENDING = "RotationPending"
     ROTATION_STUCK = "RotationStuck"
+    ROTATION_FAILED = "RotationFailed"  # Secrets Manager refused a rotation keyrotor asked for
     SYNCED = "Synced"
     SYNC_FAILED = "SyncFailed"
     SECRET_REPAIRED = "SecretRepaired"

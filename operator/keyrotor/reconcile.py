@@ -46,7 +46,7 @@ from keyrotor.observation import (
     UserView,
     initial_version_id,
 )
-from keyrotor.outcome import Plan
+from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
 from keyrotor.runtime import Runtime
 from keyrotor.status import commit
 from keyrotor.tenancy import authorization_problem
@@ -258,6 +258,13 @@ def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:
         ready = Condition(ConditionType.READY, False, failure.reason, failure.message)
         facts = {k: v for k, v in plan.facts.items() if k in OBSERVED_FACTS} | done.facts
         events = list(done.events)
+        if isinstance(done.failed, RequestRotation | ConfigureRotation):
+            events.append(
+                warning(
+                    Reason.ROTATION_FAILED,
+                    f"the rotation request failed and is tried again: {failure.message}",
+                )
+            )
     written = commit(rt, body, conditions=plan.conditions, ready=ready, facts=facts, events=events)
     obj = object_view(body)
     now = rt.clock()

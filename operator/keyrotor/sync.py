@@ -45,6 +45,7 @@ class SyncLoop:
         next_sweep = 0.0
         next_installation_check = time.monotonic() + self.rt.settings.installation_recheck
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 if time.monotonic() >= next_installation_check:
                     next_installation_check += self.rt.settings.installation_recheck
@@ -55,6 +56,7 @@ class SyncLoop:
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # one bad round must not end the loop
                 log.warning("sync loop round failed: %s", failure_for(exc).message)
+            metrics.SYNC_SWEEP_SECONDS.observe(time.monotonic() - started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.rt.settings.focus_interval)
 

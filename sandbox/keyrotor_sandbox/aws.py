@@ -123,7 +123,8 @@ administrator, the operator and the Lambda's execution role; it is not checked.
 
 Test support: :attr:`AwsEmulator.calls` records every API call the server handled,
 :attr:`AwsEmulator.faults` injects failures at the HTTP layer in each service's wire protocol,
-:meth:`AwsEmulator.wait_for_rotations` waits for the background rotations.
+:meth:`AwsEmulator.wait_for_rotations` waits for the background rotations,
+:meth:`AwsEmulator.reset` empties the account.
 
 The in-process Lambda never reads or writes ``os.environ`` per invocation: its module's ``boto3``
 is bound to a session of its own (the Lambda role's key, the region, this server's endpoint), so
@@ -145,6 +146,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -1010,6 +1012,15 @@ class AwsEmulator:
                 )
                 started.append(secret.arn)
         return started
+
+    def reset(self) -> None:
+        """An empty account: every service emptied (moto's /moto-api/reset), no credential
+        report. Waits for running rotations first."""
+        self.wait_for_rotations()
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310 (loopback)
+        urllib.request.urlopen(request, timeout=30).close()  # noqa: S310 (loopback)
+        with self._lock:
+            self._credential_reports.clear()
 
     def age_access_key(
         self,
