@@ -67,6 +67,7 @@ class Installation:
                 account_id=self._target.account_id,
                 prefix=settings.secret_prefix,
                 function_name=settings.lambda_function_name,
+                kms_keys=settings.kms_keys,
             )
             role_arn = iam.ensure_lambda_role(
                 aws.iam, role_name=settings.lambda_role_name, policy=policy

@@ -57,6 +57,7 @@ def observed_from_description(description: Mapping[str, Any]) -> Observed:
         next_rotation=description.get("NextRotationDate"),
         deleted=description.get("DeletedDate") is not None,
         tags={t["Key"]: t["Value"] for t in description.get("Tags") or []},
+        kms_key_id=description.get("KmsKeyId"),
     )
 
 
@@ -108,7 +109,7 @@ def adopt_secret(
     kms_key_id: str | None,
 ) -> None:
     """Make a secret the planner found to be this object's carry its tags; restore it when it
-    was scheduled for deletion; use the spec's KMS key."""
+    was scheduled for deletion; use the spec's KMS key (given only when it differs)."""
     if restore:
         sm.restore_secret(SecretId=secret_id)
     if add_tags:
