@@ -55,7 +55,7 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104  (scraped in-cluster)
+        start_http_server(settings.metrics_port, addr=settings.bind_address)
     runtime = make_runtime(settings)  # fail fast, before kopf starts, with one readable line
     memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime))
     kopf.run(
@@ -64,7 +64,7 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
         namespaces=list(settings.namespaces),
         memo=memo,
         liveness_endpoint=(
-            f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+            settings.http_url(settings.health_port, "/healthz") if settings.health_port else None
         ),
     )
     return 0
