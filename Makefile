@@ -2,7 +2,8 @@
 # fresh machine: a virtualenv with the operator's package and its test extras plus the sandbox
 # (sandbox/: emulated AWS, the test API server launcher and the demo; a distribution of its own,
 # never in the operator's wheel or image), and the test API server binaries (built from the Go
-# modules pinned in tests/envtest, or taken from KUBEBUILDER_ASSETS).
+# modules pinned in tests/envtest, or taken from KUBEBUILDER_ASSETS),
+# and helm for the chart tests (built from the Go modules pinned in tests/helm, or $HELM).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 SCAN_VENV := .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
 
-.PHONY: demo test lint unit envtest bench clean scan-tools lock
+.PHONY: demo test lint unit envtest helm bench clean scan-tools lock
 
 $(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ lock: $(STAMP)
 envtest:
 	@if [ -z "$$KUBEBUILDER_ASSETS" ]; then $(MAKE) --no-print-directory -C tests/envtest; fi
 
+helm:
+	@if [ -z "$$HELM" ]; then $(MAKE) --no-print-directory -C tests/helm; fi
+
 demo: $(STAMP) envtest
 	$(BIN)/keyrotor demo
 
@@ -44,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator sandbox tests
 	$(BIN)/mypy
 
-test: $(STAMP) envtest lint scan-tools
+test: $(STAMP) envtest helm lint scan-tools
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)

@@ -64,6 +64,14 @@ class Settings:
     bind_address: str = "127.0.0.1"
     health_port: int = 0  # 0: no liveness endpoint
     log_format: str = "text"
+    # Leader election (several replicas, one active): off for a single `keyrotor run`, on in the
+    # Deployment and the Helm chart. Times as controller-runtime's defaults.
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None  # default: the pod's namespace, else "default"
+    leader_election_id: str | None = None  # default: the host (pod) name; a random suffix is added
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.cluster_name):
@@ -90,6 +98,13 @@ class Settings:
             ) from None
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"--log-format {self.log_format!r}: expected json or text")
+        if not self.lease_duration > self.renew_deadline > self.retry_period * 1.2:
+            raise SettingsError(
+                f"--leader-election-lease-duration {self.lease_duration:g}s, "
+                f"--leader-election-renew-deadline {self.renew_deadline:g}s and "
+                f"--leader-election-retry-period {self.retry_period:g}s: each must be longer "
+                f"than the next (the retry period by a fifth)"
+            )
 
     # Names of what one installation (one cluster name) shares in the AWS account.
     @property
@@ -108,6 +123,11 @@ class Settings:
         """A URL on the bind address (IPv6 in brackets)."""
         host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
         return f"http://{host}:{port}{path}"
+
+    @property
+    def lease_name(self) -> str:
+        """The leader election Lease: one per installation, in the operator's namespace."""
+        return f"keyrotor-{self.cluster_name}"
 
     def default_secret_name(self, namespace: str, name: str) -> str:
         return f"{self.secret_prefix}{namespace}/{name}"

@@ -276,6 +276,13 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
         # ListSecrets has no resource type: AWS allows only "*". It returns metadata (names,
         # tags, version stages), never values; the operator filters by its installation tag.
         _statement("ListSecretsCannotBeScoped", ["secretsmanager:ListSecrets"], "*"),
+        # Dead-key detection reads IAM's credential report (keyrotor.aws.credential_report):
+        # every user's key states in one call. Neither action has a resource type: only "*".
+        _statement(
+            "CredentialReportCannotBeScoped",
+            ["iam:GenerateCredentialReport", "iam:GetCredentialReport"],
+            "*",
+        ),
         _statement(
             "ManageItsOwnRotationFunction",
             [
