@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Conflict or AccessDenied is checked again",
     )
     run.add_argument(
+        "--installation-recheck",
+        default=_env("INSTALLATION_RECHECK", "900"),
+        help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
+    )
+    run.add_argument(
         "--lambda-role-arn",
         default=_env("LAMBDA_ROLE_ARN"),
         help="use this execution role for the rotation Lambda instead of creating one",
@@ -156,6 +161,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
+        installation_recheck=parse_interval_setting(
+            "--installation-recheck", str(args.installation_recheck)
+        ),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
         kms_keys=tuple(kms_keys),

@@ -15,6 +15,7 @@ import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
+from keyrotor.installation import Installation, Target
 from keyrotor.k8s.client import KubeApis
 from keyrotor.k8s.events import post_event
 from keyrotor.k8s.leader_election import LeaderElector, default_identity, default_namespace
@@ -46,12 +47,12 @@ def make_runtime(settings: Settings) -> Runtime:
         kube = KubeApis.create()
     except Exception as exc:
         raise StartupError(f"cannot load a Kubernetes configuration: {exc}") from None
+    target = Target(account_id=str(identity["Account"]), partition=arn.split(":")[1])
     return Runtime(
         settings=settings,
         aws=aws,
         kube=kube,
-        account_id=str(identity["Account"]),
-        partition=arn.split(":")[1],
+        installation=Installation(settings, aws, target),
         emit=partial(_post_and_count_event, kube),
     )
 

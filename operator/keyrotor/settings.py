@@ -56,6 +56,12 @@ class Settings:
     # An object refused for what a person must fix (NotAuthorized, UserNotFound, Conflict,
     # AccessDenied) is checked again after this many seconds, so the fix takes effect by itself.
     recheck_interval: float = 120.0
+    # A failed decision is tried again after retry_base seconds, doubling up to retry_cap.
+    retry_base: float = 5.0
+    retry_cap: float = 600.0
+    # The shared role, Lambda and permission are checked again this often (and after a failure
+    # that points at them), so a Lambda deleted out of band comes back by itself.
+    installation_recheck: float = 900.0
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
     kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
