@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH_LUA = ROOT / "deploy" / "argocd" / "health.lua"
+CRD_PATH = ROOT / "crds" / "keyrotor.io_accesskeyrotations.yaml"
 ARGOCD_CM = ROOT / "deploy" / "argocd" / "argocd-cm.yaml"
 KEYROTOR_ARGS = ("--stuck-after", "60")  # keep a crashed first rotation pending while captured
 
@@ -87,6 +88,33 @@ class Captured:
         (self.folder / "captured-objects.json").write_text(json.dumps(self.objects, indent=2))
 
 
+def create_under_older_schema(keyrotor: Harness, ns: str, name: str, spec: dict[str, Any]) -> None:
+    """Create the object while the CRD's rules for rotation.schedule are left out, then install
+    the CRD from crds/ again: the object stays stored, as one made before a CRD upgrade."""
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    schedule = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["rotation"]["properties"]["schedule"]
+    for rule in ("pattern", "x-kubernetes-validations"):
+        schedule.pop(rule, None)
+    looser = keyrotor.log_dir / "older-crd.yaml"
+    looser.write_text(yaml.safe_dump(crd))
+    keyrotor.kube.install_crds(looser)
+    try:
+
+        def created() -> bool:
+            try:
+                keyrotor.create(ns, name, spec)
+                return True
+            except ApiException as exc:
+                assert exc.status == 422, exc.body
+                return False  # the looser schema is not in force yet
+
+        keyrotor.wait(created, 30, "the object under the looser schema")
+    finally:
+        keyrotor.kube.install_crds(CRD_PATH)
+
+
 @pytest.fixture(scope="module")
 def captured(
     keyrotor: Harness, tmp_path_factory: pytest.TempPathFactory
@@ -123,17 +151,25 @@ def captured(
     create(ns, "suspended", {"iamUser": keyrotor.iam_user(namespaces=ns), "suspend": True})
     capture.reason(ns, "suspended", "Suspended")
 
-    # A spec the schema accepts and the operator refuses (the first candidate the server takes).
-    for schedule in ("rate(5 minutes)", "rate(1 week)", "cron(bad"):
+    # A spec the operator refuses: the first candidate the API server takes (the schema refuses
+    # more and more of them; when it takes none, one is stored as under an older schema).
+    candidates = [
+        {"rotation": {"schedule": "rate(5 minutes)"}},
+        {"rotation": {"schedule": "cron(bad"}},
+    ]
+    invalid_user = keyrotor.iam_user(namespaces=ns)
+    for candidate in candidates:
         try:
-            create(
-                ns,
-                "invalid",
-                {"iamUser": keyrotor.iam_user(namespaces=ns), "rotation": {"schedule": schedule}},
-            )
+            create(ns, "invalid", {"iamUser": invalid_user, **candidate})
             break
         except ApiException as exc:
             assert exc.status == 422, exc.body
+    else:
+        # The schema refuses them all: store one as an object kept from an older, looser
+        # CustomResourceDefinition would be (the schedule's rules dropped, then put back).
+        create_under_older_schema(
+            keyrotor, ns, "invalid", {"iamUser": invalid_user, **candidates[0]}
+        )
     capture.reason(ns, "invalid", "InvalidSpec")
 
     # AWS refuses: a missing permission, then another error.
