@@ -81,10 +81,14 @@ def secret_step(spec: Spec, obs: Observation) -> CreateSecret | AdoptSecret | No
             name=spec.secret_name, iam_user=spec.iam_user, tags=want, kms_key_id=spec.kms_key_id
         )
     missing = {k: v for k, v in want.items() if obs.secret.tags.get(k) != v}
-    kms = spec.kms_key_id if kms_key_update_needed(spec.kms_key_id, obs.secret.kms_key_id) else None
-    if missing or obs.secret.deleted or kms:
+    # UpdateSecret only when the secret is under another key than the one the object names.
+    rekey = kms_key_update_needed(spec.kms_key_id, obs.secret.kms_key_id)
+    if missing or obs.secret.deleted or rekey:
         return AdoptSecret(
-            arn=obs.secret.arn, add_tags=missing, restore=obs.secret.deleted, kms_key_id=kms
+            arn=obs.secret.arn,
+            add_tags=missing,
+            restore=obs.secret.deleted,
+            kms_key_id=spec.kms_key_id if rekey else None,
         )
     return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from keyrotor.kms_keys import KMS_KEY_NOT_ALLOWED, kms_key_problem
+from keyrotor.kms_keys import kms_key_problem
 from keyrotor.mirroring import foreign_target_message, target_is_foreign
 from keyrotor.model import (
     ADOPT_TAG,
@@ -49,6 +49,13 @@ def refuse_suspended(spec: Spec) -> Refusal | None:
     if spec.suspend:
         return Refusal(Reason.SUSPENDED, "spec.suspend is true: no rotation and no sync")
     return None
+
+
+def refuse_kms_key(spec: Spec, obs: Observation) -> Refusal | None:
+    """Only the KMS keys the installation allows: one team cannot have its secret encrypted
+    with another team's key (the policies grant exactly the allowed keys)."""
+    problem = kms_key_problem(spec.kms_key_id, obs.context.kms_keys)
+    return Refusal(Reason.KMS_KEY_NOT_ALLOWED, problem) if problem else None
 
 
 def refuse_unknown_user(spec: Spec, obs: Observation) -> Refusal | None:
@@ -190,12 +197,6 @@ def refuse_foreign_target(spec: Spec, obs: Observation) -> Refusal | None:
     if target_is_foreign(obs) and not obs.obj.status.get("versionId"):
         return Refusal(Reason.CONFLICT, foreign_target_message(spec, obs))
     return None
-
-
-def refuse_kms_key(spec: Spec, obs: Observation) -> Refusal | None:
-    """One team's secret is never encrypted with a key the installation does not allow."""
-    problem = kms_key_problem(spec.kms_key_id, obs.context.kms_keys)
-    return Refusal(KMS_KEY_NOT_ALLOWED, problem) if problem else None
 
 
 REFUSALS = (
