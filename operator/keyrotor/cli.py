@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("HEALTH_PORT", "0"),
         help="serve the liveness probe /healthz on this port (0: off)",
     )
+    run.add_argument(
+        "--bind-address",
+        default=_env("BIND_ADDRESS", "127.0.0.1"),
+        help="IP address the metrics and health endpoints listen on (0.0.0.0: every interface)",
+    )
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
     run.add_argument(
@@ -164,6 +169,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         kms_keys=tuple(kms_keys),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        bind_address=args.bind_address,
         log_format=args.log_format,
         leader_elect=bool(args.leader_elect),
         leader_election_namespace=args.leader_election_namespace or None,

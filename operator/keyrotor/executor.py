@@ -191,6 +191,15 @@ def _restart_workload(c: Context, a: Any) -> Event | None:
             Reason.RESTART_FAILED,
             f"{a.workload.kind} {c.obj.namespace}/{a.workload.name} not found",
         )
+    except errors.AccessDeniedError:
+        # Cluster-wide installs restart workloads only in namespaces that opted in.
+        return warning(
+            Reason.RESTART_FAILED,
+            f"keyrotor may not restart {a.workload.kind} {c.obj.namespace}/{a.workload.name}: "
+            f"bind the ClusterRole keyrotor-restart-workloads in {c.obj.namespace} (kubectl -n "
+            f"{c.obj.namespace} create rolebinding keyrotor-restart-workloads --clusterrole "
+            f"keyrotor-restart-workloads --serviceaccount <operator namespace>:keyrotor)",
+        )
     return None
 
 

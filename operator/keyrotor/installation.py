@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from keyrotor import metrics
-from keyrotor.aws import iam, rotation_function
+from keyrotor.aws import iam, policies, rotation_function
 from keyrotor.aws.clients import AwsClients
 from keyrotor.aws.lambda_package import rotation_lambda_package
 from keyrotor.settings import Settings
@@ -61,15 +61,22 @@ class Installation:
         settings, aws = self._settings, self._aws
         role_arn = settings.lambda_role_arn
         if not role_arn:
-            policy = iam.rotation_role_policy(
-                partition=self._target.partition,
+            # Exactly the documents `keyrotor policy` prints: the role is created with the
+            # permissions boundary, which the operator's own policy requires.
+            params = policies.PolicyParams(
+                cluster_name=settings.cluster_name,
                 region=aws.region,
                 account_id=self._target.account_id,
+                partition=self._target.partition,
                 prefix=settings.secret_prefix,
-                function_name=settings.lambda_function_name,
+                kms_keys=settings.kms_keys,
             )
             role_arn = iam.ensure_lambda_role(
-                aws.iam, role_name=settings.lambda_role_name, policy=policy
+                aws.iam,
+                role_name=settings.lambda_role_name,
+                policy=policies.lambda_role_policy(params),
+                trust=policies.lambda_trust_policy(params),
+                boundary_arn=params.boundary_arn,
             )
         lambda_arn = rotation_function.ensure_rotation_lambda(
             aws.lambda_,

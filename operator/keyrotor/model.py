@@ -61,6 +61,7 @@ class Reason:
     READY = "Ready"
     INVALID_SPEC = "InvalidSpec"
     NOT_AUTHORIZED = "NotAuthorized"
+    KMS_KEY_NOT_ALLOWED = "KmsKeyNotAllowed"
     CONFLICT = "Conflict"
     USER_NOT_FOUND = "UserNotFound"
     ACCESS_DENIED = "AccessDenied"

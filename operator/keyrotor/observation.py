@@ -38,6 +38,7 @@ class Observed:
     next_rotation: datetime | None = None
     deleted: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
+    kms_key_id: str | None = None  # the customer managed key, None for aws/secretsmanager
 
     @property
     def stuck_pending(self) -> list[str]:
@@ -111,6 +112,7 @@ class Context:
     stuck_after: float  # seconds
     recheck_interval: float  # seconds
     secret_tags: Mapping[str, str]  # the tags this object's own secret carries
+    kms_keys: tuple[str, ...] = ()  # the KMS keys objects may use (--kms-key)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from keyrotor.conditions import Condition, isoformat
+from keyrotor.kms_keys import kms_key_update_needed
 from keyrotor.mirroring import mirror_key
 from keyrotor.model import (
     ROTATE_NOW_ANNOTATION,
@@ -77,12 +78,14 @@ def secret_step(spec: Spec, obs: Observation) -> CreateSecret | AdoptSecret | No
             name=spec.secret_name, iam_user=spec.iam_user, tags=want, kms_key_id=spec.kms_key_id
         )
     missing = {k: v for k, v in want.items() if obs.secret.tags.get(k) != v}
-    if missing or obs.secret.deleted:
+    # UpdateSecret only when the secret is under another key than the one the object names.
+    rekey = kms_key_update_needed(spec.kms_key_id, obs.secret.kms_key_id)
+    if missing or obs.secret.deleted or rekey:
         return AdoptSecret(
             arn=obs.secret.arn,
             add_tags=missing,
             restore=obs.secret.deleted,
-            kms_key_id=spec.kms_key_id,
+            kms_key_id=spec.kms_key_id if rekey else None,
         )
     return None
 

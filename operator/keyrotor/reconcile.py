@@ -114,6 +114,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         stuck_after=settings.stuck_after,
         recheck_interval=settings.recheck_interval,
         secret_tags=secret_tags(rt, obj, spec),
+        kms_keys=settings.kms_keys,
     )
     user = iam.get_user(rt.aws.iam, spec.iam_user)
     allowed = any(rule.matches(obj.namespace, spec.iam_user) for rule in settings.allow)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keyrotor.kms_keys import kms_key_problem
 from keyrotor.model import CLAIM_OBJECT_TAG, CLAIM_TAG, TAG_UID, Reason, Spec
 from keyrotor.observation import Observation
 from keyrotor.tenancy import (
@@ -33,6 +34,13 @@ def refuse_suspended(spec: Spec) -> Refusal | None:
     if spec.suspend:
         return Refusal(Reason.SUSPENDED, "spec.suspend is true: no rotation and no sync")
     return None
+
+
+def refuse_kms_key(spec: Spec, obs: Observation) -> Refusal | None:
+    """Only the KMS keys the installation allows: one team cannot have its secret encrypted
+    with another team's key (the policies grant exactly the allowed keys)."""
+    problem = kms_key_problem(spec.kms_key_id, obs.context.kms_keys)
+    return Refusal(Reason.KMS_KEY_NOT_ALLOWED, problem) if problem else None
 
 
 def refuse_unknown_user(spec: Spec, obs: Observation) -> Refusal | None:
@@ -128,6 +136,7 @@ def refuse_foreign_target(spec: Spec, obs: Observation) -> Refusal | None:
 
 
 REFUSALS = (
+    refuse_kms_key,
     refuse_unknown_user,
     refuse_unauthorized,
     refuse_claimed,

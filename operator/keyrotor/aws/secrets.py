@@ -57,6 +57,7 @@ def observed_from_description(description: Mapping[str, Any]) -> Observed:
         next_rotation=description.get("NextRotationDate"),
         deleted=description.get("DeletedDate") is not None,
         tags={t["Key"]: t["Value"] for t in description.get("Tags") or []},
+        kms_key_id=description.get("KmsKeyId") or None,
     )
 
 
