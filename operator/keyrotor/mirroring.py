@@ -55,6 +55,17 @@ class Sync:
     focus: bool = False
 
 
+def target_is_foreign(obs: Observation) -> bool:
+    return obs.target is not None and obs.target.exists and not obs.target.owned
+
+
+def foreign_target_message(spec: Spec, obs: Observation) -> str:
+    return (
+        f"Secret {obs.obj.namespace}/{spec.target_secret_name} exists and is not managed by "
+        f"this AccessKeyRotation; delete it or choose another spec.target.secretName"
+    )
+
+
 def synced(version: str | None) -> Condition:
     return Condition(
         ConditionType.SYNCED, True, Reason.SYNCED, f"Secret holds AWSCURRENT version {version}"
@@ -79,6 +90,11 @@ def mirror_key(
         return Sync(
             waiting_for_first_key(), mirrored_version=secret.current_version if secret else None
         )
+    if target_is_foreign(obs):  # replaced by someone else's Secret: never overwritten
+        failed = Condition(
+            ConditionType.SYNCED, False, Reason.SYNC_FAILED, foreign_target_message(spec, obs)
+        )
+        return Sync(failed, mirrored_version=mirrored)
     current = secret.current_version
     if current == mirrored and target_state(obs.target, current) is TargetState.CURRENT:
         actions, due = previous_key_work(spec, status, now)
@@ -182,10 +198,12 @@ def after_rotation(
     old_key = status.get("accessKeyId")
     if not old_key or old_key == key.access_key_id:
         return
-    previous: dict[str, Any] = {"accessKeyId": old_key, "state": "Active"}
+    # actionAfter: when the grace period ends (for Keep too: no rotation keyrotor requests
+    # removes the previous key before then).
+    grace_end = now + spec.previous_key_after
+    previous = {"accessKeyId": old_key, "state": "Active", "actionAfter": isoformat(grace_end)}
     if spec.previous_key_action != "Keep":
-        sync.previous_key_due = now + spec.previous_key_after
-        previous["actionAfter"] = isoformat(sync.previous_key_due)
+        sync.previous_key_due = grace_end
     sync.facts["previousKey"] = previous
 
 

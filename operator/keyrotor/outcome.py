@@ -166,6 +166,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     index: IndexUpdate = field(default_factory=lambda: IndexUpdate(active=False))
     recheck_after: float | None = None
+    log_detail: str = ""  # for administrators (the operator log), never on the object
 
     @property
     def again(self) -> bool:
