@@ -20,6 +20,7 @@ NEEDS_A_PERSON = frozenset(
         Reason.INVALID_SPEC,
         Reason.NOT_AUTHORIZED,
         Reason.CONFLICT,
+        Reason.KMS_KEY_NOT_ALLOWED,
         Reason.USER_NOT_FOUND,
         Reason.SUSPENDED,
     }

@@ -66,13 +66,56 @@ def _when(text: Any, now: datetime) -> str:
     return f"{text} ({relative(moment, now)})" if moment else "-"
 
 
+def _steps_by_reason(here: str) -> dict[str, str]:
+    """For each Ready reason, what the person reading ``keyrotor status`` does next."""
+    return {
+        Reason.READY: f"nothing; to rotate now: keyrotor rotate {here} --wait",
+        Reason.ROTATION_PENDING: (
+            "wait: the rotation Lambda is making the key; the Events show its progress, and a "
+            "rotation that does not finish is reported as RotationStuck"
+        ),
+        Reason.INVALID_SPEC: f"fix the spec as the message says: kubectl edit akr {here}",
+        Reason.NOT_AUTHORIZED: (
+            "do what the message says (tag the IAM user, or start keyrotor with --allow); "
+            "keyrotor checks again by itself"
+        ),
+        Reason.CONFLICT: (
+            "another object (or installation) rotates this IAM user or owns the secret: use "
+            "that object, or delete it first; keyrotor checks again by itself"
+        ),
+        Reason.KMS_KEY_NOT_ALLOWED: (
+            "use a KMS key the installation allows (the message lists them), or remove "
+            f"spec.secretsManager.kmsKeyId: kubectl edit akr {here}"
+        ),
+        Reason.USER_NOT_FOUND: (
+            f"create the IAM user, or correct spec.iamUser (kubectl edit akr {here}); keyrotor "
+            "checks again by itself"
+        ),
+        Reason.ACCESS_DENIED: (
+            "give the operator the permission the message names (`keyrotor policy` prints the "
+            "whole AWS policy; deploy/ has the Kubernetes RBAC)"
+        ),
+        Reason.AWS_ERROR: (
+            "AWS failed the request the message names; keyrotor retries with backoff. If it "
+            "persists, check the Lambda keyrotor-<cluster-name>-rotation and the operator's log"
+        ),
+        Reason.SUSPENDED: (
+            f"resume with: kubectl patch akr {here} --type merge -p "
+            '\'{"spec":{"suspend":false}}\''
+        ),
+        Reason.SYNC_FAILED: (
+            "the mirrored Secret could not be written or read as the message says; fix that "
+            "and keyrotor puts it back at the next sync"
+        ),
+    }
+
+
 def next_steps(obj: Mapping[str, Any]) -> list[str]:
     """What to do next, from the Ready condition and the generations."""
     metadata = obj["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     status = obj.get("status") or {}
     ready = find_condition(status.get("conditions"), ConditionType.READY)
-    here = f"{name} -n {namespace}"
     if ready is None:
         return [
             "keyrotor has not reported on this object yet: check that the operator runs and "
@@ -84,45 +127,8 @@ def next_steps(obj: Mapping[str, Any]) -> list[str]:
             f"generation {status.get('observedGeneration')}): wait a moment; if it stays so, "
             "check that the operator runs (its pods and its Lease keyrotor-<cluster-name>)"
         ]
-    reason = ready.get("reason")
-    message = ready.get("message", "")
-    steps = {
-        Reason.READY: [f"nothing; to rotate now: keyrotor rotate {here} --wait"],
-        Reason.ROTATION_PENDING: [
-            "wait: the rotation Lambda is making the key; the Events show its progress, and a "
-            "rotation that does not finish is reported as RotationStuck"
-        ],
-        Reason.INVALID_SPEC: [f"fix the spec as the message says: kubectl edit akr {here}"],
-        Reason.NOT_AUTHORIZED: [
-            "do what the message says (tag the IAM user, or start keyrotor with --allow); "
-            "keyrotor checks again by itself"
-        ],
-        Reason.CONFLICT: [
-            "another object (or installation) rotates this IAM user or owns the secret: use "
-            "that object, or delete it first; keyrotor checks again by itself"
-        ],
-        Reason.USER_NOT_FOUND: [
-            "create the IAM user, or correct spec.iamUser (kubectl edit akr "
-            f"{here}); keyrotor checks again by itself"
-        ],
-        Reason.ACCESS_DENIED: [
-            "give the operator's AWS role the permission the message names "
-            "(deploy/examples/operator-iam-policy.json has the whole policy)"
-        ],
-        Reason.AWS_ERROR: [
-            "AWS failed the request the message names; keyrotor retries every minute. If it "
-            "persists, check the Lambda keyrotor-<cluster-name>-rotation and the operator's log"
-        ],
-        Reason.SUSPENDED: [
-            f"resume with: kubectl patch akr {here} --type merge -p "
-            '\'{"spec":{"suspend":false}}\''
-        ],
-        Reason.SYNC_FAILED: [
-            "the mirrored Secret could not be written or read as the message says; fix that "
-            "and keyrotor puts it back at the next sync"
-        ],
-    }.get(str(reason))
-    return steps or [f"see the message: {message}"]
+    step = _steps_by_reason(f"{name} -n {namespace}").get(str(ready.get("reason")))
+    return [step or f"see the message: {ready.get('message', '')}"]
 
 
 def _header(obj: Mapping[str, Any]) -> list[str]:

@@ -40,6 +40,7 @@ EXPECTED = {
     "InvalidSpec": "Degraded",
     "NotAuthorized": "Degraded",
     "Conflict": "Degraded",
+    "KmsKeyNotAllowed": "Degraded",
     "UserNotFound": "Degraded",
     "AccessDenied": "Degraded",
     "AwsError": "Degraded",
@@ -217,6 +218,15 @@ def captured(
     capture.reason(ns, "not-authorized", "NotAuthorized")
     create(ns, "conflict", {"iamUser": ready_user})
     capture.reason(ns, "conflict", "Conflict")
+    create(
+        ns,
+        "kms-key",
+        {
+            "iamUser": keyrotor.iam_user(namespaces=ns),
+            "secretsManager": {"kmsKeyId": "alias/another-teams-key"},
+        },
+    )
+    capture.reason(ns, "kms-key", "KmsKeyNotAllowed")
     create(ns, "no-user", {"iamUser": f"svc-{uuid.uuid4().hex[:8]}"})
     capture.reason(ns, "no-user", "UserNotFound")
     create(ns, "suspended", {"iamUser": keyrotor.iam_user(namespaces=ns), "suspend": True})
