@@ -22,7 +22,6 @@ KNOWN_LONG = {
     "policy_command": {"add_parser"},
     "model": {"parse_spec"},
     "rotation_lambda": {"_create_secret"},
-    "cli": {"build_parser"},
 }
 
 # Layers, top to bottom: a module may import only from its own layer's named peers or below.
