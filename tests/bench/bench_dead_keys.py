@@ -18,8 +18,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from keyrotor_sandbox.aws import AwsEmulator
-
 from keyrotor.aws.clients import AwsClients
 from keyrotor.index import ObjectIndex
 from keyrotor.installation import Installation, Target
@@ -27,6 +25,7 @@ from keyrotor.outcome import IndexUpdate
 from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
 from keyrotor.sync import SyncLoop
+from keyrotor_sandbox.aws import AwsEmulator
 
 
 def _runtime(aws: AwsEmulator, index: ObjectIndex, clock: list[datetime]) -> Runtime:
