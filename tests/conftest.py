@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.aws", "tests.fixtures.kube", "tests.fixtures.operator"]
+pytest_plugins = [
+    "tests.fixtures.aws",
+    "tests.fixtures.helm",
+    "tests.fixtures.kube",
+    "tests.fixtures.operator",
+]

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keyrotor import audit_command, policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
     AllowRule,
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE:USER_GLOB",
         help="objects in NAMESPACE may claim IAM users matching the glob (repeatable)",
     )
+    run.add_argument(
+        "--kms-key",
+        action="append",
+        default=None,
+        metavar="KEY_ARN",
+        help="a customer managed KMS key objects may use in spec.secretsManager.kmsKeyId "
+        "(repeatable; any other key is refused on the object)",
+    )
     # argparse converts string defaults with `type`, so a bad variable is a usage error too.
     run.add_argument(
         "--metrics-port",
@@ -89,13 +98,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
+    run.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=(_env("LEADER_ELECT", "") or "").lower() in ("1", "true", "yes"),
+        help="run as one of several replicas: only the holder of the Lease keyrotor-<cluster-name> "
+        "acts (the Deployment and the Helm chart turn this on)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=_env("LEADER_ELECTION_NAMESPACE"),
+        help="namespace of the Lease (default: the pod's namespace, else default)",
+    )
+    run.add_argument(
+        "--leader-election-id",
+        default=_env("LEADER_ELECTION_ID"),
+        help="this replica's name in the Lease (default: the host name); a random suffix is added",
+    )
+    run.add_argument(
+        "--leader-election-lease-duration",
+        default=_env("LEADER_ELECTION_LEASE_DURATION", "15s"),
+        help="how long standbys wait after the leader's last renewal before taking over",
+    )
+    run.add_argument(
+        "--leader-election-renew-deadline",
+        default=_env("LEADER_ELECTION_RENEW_DEADLINE", "10s"),
+        help="the leader exits when it could not renew the Lease for this long",
+    )
+    run.add_argument(
+        "--leader-election-retry-period",
+        default=_env("LEADER_ELECTION_RETRY_PERIOD", "2s"),
+        help="time between renewals and between takeover attempts",
+    )
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
+    policy_command.add_parser(commands)
+    audit_command.add_parser(commands)
+    from keyrotor.ctl import add_parsers
+
+    add_parsers(commands)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
     return Settings(
         cluster_name=args.cluster_name,
         region=args.region or None,
@@ -106,18 +153,55 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
+        kms_keys=tuple(kms_keys),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_format=args.log_format,
+        leader_elect=bool(args.leader_elect),
+        leader_election_namespace=args.leader_election_namespace or None,
+        leader_election_id=args.leader_election_id or None,
+        lease_duration=parse_interval_setting(
+            "--leader-election-lease-duration", str(args.leader_election_lease_duration)
+        ),
+        renew_deadline=parse_interval_setting(
+            "--leader-election-renew-deadline", str(args.leader_election_renew_deadline)
+        ),
+        retry_period=parse_interval_setting(
+            "--leader-election-retry-period", str(args.leader_election_retry_period)
+        ),
     )
+
+
+SANDBOX_MISSING = (
+    "keyrotor demo: the sandbox is not installed (it is not part of the operator's image); "
+    "from a keyrotor checkout run `make demo`, or `pip install -e ./sandbox` then `keyrotor demo`"
+)
+
+
+def run_demo() -> int:
+    """``keyrotor demo`` lives in the sandbox package, installed by ``make demo``/``make test``."""
+    try:
+        from keyrotor_sandbox.demo import main as demo_main
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("keyrotor_sandbox"):
+            raise  # the sandbox is there but broken: show the real error
+        print(SANDBOX_MISSING, file=sys.stderr)
+        return 1
+    return demo_main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from keyrotor.demo import main as demo_main
+    if args.command == "policy":
+        return policy_command.main(args)
+    if args.command == "audit":
+        return audit_command.main(args)
+    if args.command in ("status", "rotate"):
+        from keyrotor import ctl
 
-        return demo_main()
+        return ctl.main(args.command, args)
+    if args.command == "demo":
+        return run_demo()
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

@@ -1,16 +1,40 @@
-"""Prometheus metrics. Names only; no label ever carries a secret value."""
+"""Prometheus metrics. Names only; no label ever carries a secret value.
+
+Two kinds:
+- counters, histograms and gauges updated where things happen (AWS calls through botocore's
+  event hooks on the shared clients, rotations, syncs, the sync loop, the leader gauge);
+- per-object gauges computed at scrape time by :class:`ObjectCollector` from the last status
+  of each AccessKeyRotation the operator saw on its watch (:data:`OBJECTS`), so that they are
+  always current (a key's age grows between two reconciles) and vanish with their object.
+"""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 AWS_CALLS = Counter(
-    "keyrotor_aws_api_calls_total", "AWS API calls made by the operator", ["service", "operation"]
+    "keyrotor_aws_api_calls_total",
+    "AWS API calls made by the operator, by outcome: success, or the AWS error code "
+    "(or the exception type when no response came back)",
+    ["service", "operation", "outcome"],
 )
 ROTATIONS_REQUESTED = Counter(
     "keyrotor_rotations_requested_total", "Rotations keyrotor asked Secrets Manager for", ["cause"]
+)
+ROTATIONS = Counter(
+    "keyrotor_rotations_total",
+    "Rotations by outcome: started (requested by keyrotor), succeeded (a new AWSCURRENT version "
+    "mirrored, also of rotations Secrets Manager started on schedule), failed (a rotation that "
+    "did not finish and was cleared)",
+    ["outcome"],
 )
 SYNCS = Counter("keyrotor_secret_syncs_total", "Writes of a mirrored Kubernetes Secret", ["cause"])
 ERRORS = Counter("keyrotor_reconcile_errors_total", "Failed reconciles by reason", ["reason"])
@@ -23,13 +47,197 @@ INSTALLATION_ENSURED = Counter(
     "Times the shared role, Lambda and permission were ensured",
 )
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
+SYNC_SWEEP_SECONDS = Histogram(
+    "keyrotor_sync_sweep_duration_seconds",
+    "Duration of one round of the shared sync loop (ListSecrets sweep or focus tick)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+LEADER = Gauge(
+    "keyrotor_leader",
+    "1 on the replica that holds the leader Lease and runs the operator, 0 on a standby",
+)
+
+# Events whose reason marks a rotation starting or failing (the posting side of the outcomes).
+_ROTATION_OUTCOME_BY_EVENT = {
+    "RotationRequested": "started",
+    "RotationStuck": "failed",
+    "RotationFailed": "failed",
+}
 
 
 def count_aws_calls(client: Any) -> None:
-    """Count every API call a boto3 client makes (botocore's before-call event)."""
+    """Count every API call a boto3 client makes, with its outcome (botocore's after-call
+    events: one per call, after botocore's own retries)."""
     service = client.meta.service_model.service_name
 
-    def _count(model: Any, **_: Any) -> None:
-        AWS_CALLS.labels(service=service, operation=model.name).inc()
+    def _after_call(http_response: Any, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
+        outcome = "success"
+        if getattr(http_response, "status_code", 200) >= 300:
+            outcome = str((parsed.get("Error") or {}).get("Code") or http_response.status_code)
+        AWS_CALLS.labels(service=service, operation=model.name, outcome=outcome).inc()
 
-    client.meta.events.register("before-call.*.*", _count)
+    def _after_error(exception: BaseException, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        AWS_CALLS.labels(
+            service=service, operation=operation, outcome=type(exception).__name__
+        ).inc()
+
+    client.meta.events.register("after-call.*.*", _after_call)
+    client.meta.events.register("after-call-error.*.*", _after_error)
+
+
+def count_event(reason: str) -> None:
+    """Called for every Event the operator posts."""
+    outcome = _ROTATION_OUTCOME_BY_EVENT.get(reason)
+    if outcome is not None:
+        ROTATIONS.labels(outcome=outcome).inc()
+
+
+# --- Per-object state, computed at scrape time ----------------------------------------------
+
+_RATE_RE = re.compile(r"^rate\((\d+) (hour|hours|day|days)\)$")
+_UNIT = {"hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
+
+
+def _timestamp(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def max_key_age(effective: Mapping[str, Any]) -> float | None:
+    """Interval plus window of ``status.effective``: a key older than this missed its rotation.
+    None for cron schedules (no fixed interval)."""
+    rotation = effective.get("rotation") or {}
+    match = _RATE_RE.match(str(rotation.get("scheduleExpression") or ""))
+    if not match:
+        return None
+    seconds = int(match.group(1)) * _UNIT[match.group(2)]
+    window = str(rotation.get("window") or "")
+    if window.endswith("h") and window[:-1].isdigit():
+        seconds += int(window[:-1]) * 3600
+    return float(seconds)
+
+
+class ObjectStatuses:
+    """The last seen metadata and status of each AccessKeyRotation (no secret values: status
+    holds none), fed by a watch handler; read by the collector at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def seen(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        status = dict(body.get("status") or {})
+        record = {
+            "iamUser": str((body.get("spec") or {}).get("iamUser", "")),
+            "generation": (body.get("metadata") or {}).get("generation"),
+            "status": status,
+        }
+        with self._lock:
+            old = self._objects.get((namespace, name))
+            self._objects[(namespace, name)] = record
+        before = ((old or {}).get("status") or {}).get("versionId")
+        after = status.get("versionId")
+        if before and after and before != after:
+            ROTATIONS.labels(outcome="succeeded").inc()
+
+    def gone(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop((namespace, name), None)
+
+    def snapshot(self) -> dict[tuple[str, str], dict[str, Any]]:
+        with self._lock:
+            return dict(self._objects)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._objects.clear()
+
+
+OBJECTS = ObjectStatuses()
+
+
+class ObjectCollector:
+    """Per-object gauges, computed when Prometheus scrapes."""
+
+    def __init__(self, statuses: ObjectStatuses) -> None:
+        self.statuses = statuses
+
+    def describe(self) -> list[Any]:
+        return []  # names are known only at collect time; no registration-time collection
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        labels = ["namespace", "name"]
+        info = GaugeMetricFamily(
+            "keyrotor_object_info", "One per AccessKeyRotation", labels=[*labels, "iam_user"]
+        )
+        ready = GaugeMetricFamily(
+            "keyrotor_object_ready",
+            "1 when the object is Ready, else 0; reason is the Ready condition's reason "
+            "(Unknown before the operator set one, NotObserved while the current generation "
+            "was not handled yet)",
+            labels=[*labels, "reason"],
+        )
+        age = GaugeMetricFamily(
+            "keyrotor_access_key_age_seconds",
+            "Seconds since the mirrored key became current (status.lastRotationTime)",
+            labels=labels,
+        )
+        max_age = GaugeMetricFamily(
+            "keyrotor_access_key_max_age_seconds",
+            "Rotation interval plus window: the age a key must not reach (absent for cron)",
+            labels=labels,
+        )
+        next_rotation = GaugeMetricFamily(
+            "keyrotor_next_rotation_seconds",
+            "Seconds until the next scheduled rotation (negative: overdue)",
+            labels=labels,
+        )
+        last_sync = GaugeMetricFamily(
+            "keyrotor_last_sync_timestamp_seconds",
+            "When the mirrored Secret was last written from AWS (status.lastSyncTime)",
+            labels=labels,
+        )
+        by_reason: dict[tuple[str, str], int] = {}
+        for (namespace, name), record in sorted(self.statuses.snapshot().items()):
+            status = record["status"]
+            key = [namespace, name]
+            info.add_metric([*key, record["iamUser"]], 1)
+            condition = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None
+            )
+            is_ready = "True" if condition and condition.get("status") == "True" else "False"
+            reason = str(condition.get("reason")) if condition else "Unknown"
+            observed = status.get("observedGeneration")
+            if record["generation"] is not None and observed != record["generation"]:
+                is_ready, reason = "False", "NotObserved"
+            ready.add_metric([*key, reason], 1 if is_ready == "True" else 0)
+            by_reason[(is_ready, reason)] = by_reason.get((is_ready, reason), 0) + 1
+            rotated = _timestamp(status.get("lastRotationTime"))
+            if rotated is not None:
+                age.add_metric(key, now - rotated)
+            limit = max_key_age(status.get("effective") or {})
+            if limit is not None:
+                max_age.add_metric(key, limit)
+            upcoming = _timestamp(status.get("nextRotationTime"))
+            if upcoming is not None:
+                next_rotation.add_metric(key, upcoming - now)
+            synced = _timestamp(status.get("lastSyncTime"))
+            if synced is not None:
+                last_sync.add_metric(key, synced)
+        objects = GaugeMetricFamily(
+            "keyrotor_objects",
+            "AccessKeyRotation objects by Ready status and reason",
+            labels=["ready", "reason"],
+        )
+        for (is_ready, reason), count in sorted(by_reason.items()):
+            objects.add_metric([is_ready, reason], count)
+        yield from (info, ready, objects, age, max_age, next_rotation, last_sync)
+
+
+REGISTRY.register(ObjectCollector(OBJECTS))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import kopf
 
@@ -11,12 +16,20 @@ from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
 from keyrotor.k8s.client import KubeApis
 from keyrotor.k8s.events import post_event
+from keyrotor.k8s.leader_election import LeaderElector, default_identity, default_namespace
 from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
 
 
 class StartupError(RuntimeError):
     """The operator cannot start; the message is one readable line."""
+
+
+def _post_and_count_event(
+    kube: KubeApis, body: dict[str, Any], *, event_type: str, reason: str, message: str
+) -> None:
+    metrics.count_event(reason)
+    post_event(kube, body, event_type=event_type, reason=reason, message=message)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -38,12 +51,69 @@ def make_runtime(settings: Settings) -> Runtime:
         kube=kube,
         account_id=str(identity["Account"]),
         partition=arn.split(":")[1],
-        emit=partial(post_event, kube),
+        emit=partial(_post_and_count_event, kube),
     )
 
 
+def _exit_on_lost_lease() -> None:
+    """The Lease is lost: another replica may be taking over. Stop at once, as controller-runtime
+    does, rather than risk two operators acting; the pod restarts as a standby."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(1)
+
+
+class _StandbyHealth:
+    """``/healthz`` while this replica waits for the Lease (kopf's liveness endpoint starts only
+    with the operator): a standby is alive, and must not be restarted by its liveness probe."""
+
+    def __init__(self, port: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                code = 200 if self.path.split("?")[0] == "/healthz" else 404
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"standby\n" if code == 200 else b"not found\n")
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def elect_leader(settings: Settings) -> LeaderElector:
+    """Block until this replica holds the installation's Lease; then keep renewing it."""
+    from kubernetes import client
+
+    elector = LeaderElector(
+        client.ApiClient(),  # the configuration make_runtime loaded (kubeconfig or in-cluster)
+        namespace=settings.leader_election_namespace or default_namespace(),
+        name=settings.lease_name,
+        identity=default_identity(settings.leader_election_id),
+        lease_duration=settings.lease_duration,
+        renew_deadline=settings.renew_deadline,
+        retry_period=settings.retry_period,
+    )
+    health = _StandbyHealth(settings.health_port) if settings.health_port else None
+    try:
+        elector.acquire()
+    finally:
+        if health is not None:
+            health.close()
+    elector.start_renewing(_exit_on_lost_lease)
+    return elector
+
+
 def run(settings: Settings, *, verbose: bool = False) -> int:
-    import keyrotor.handlers  # noqa: F401  (registers the handlers)
+    import keyrotor.handlers
+    import keyrotor.metrics_watch  # noqa: F401  (feeds the scrape-time metrics)
 
     kopf.configure(
         verbose=verbose,
@@ -57,14 +127,23 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
 
         start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104  (scraped in-cluster)
     runtime = make_runtime(settings)  # fail fast, before kopf starts, with one readable line
+    metrics.LEADER.set(0)
+    # Several replicas: only the Lease holder starts the operator. kopf's own peering is not used
+    # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
+    elector = elect_leader(settings) if settings.leader_elect else None
+    metrics.LEADER.set(1)
     memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime))
-    kopf.run(
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
-        memo=memo,
-        liveness_endpoint=(
-            f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-        ),
-    )
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            memo=memo,
+            liveness_endpoint=(
+                f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+            ),
+        )
+    finally:
+        if elector is not None:
+            elector.release()  # kopf has stopped: a standby may take over at once
     return 0

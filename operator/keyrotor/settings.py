@@ -15,6 +15,7 @@ from keyrotor.model import parse_duration
 
 DEFAULT_SYNC_INTERVAL = 300.0
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
 
 class SettingsError(ValueError):
@@ -56,9 +57,18 @@ class Settings:
     recheck_interval: float = 120.0
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
+    kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
     metrics_port: int = 0  # 0: no metrics endpoint
     health_port: int = 0  # 0: no liveness endpoint
     log_format: str = "text"
+    # Leader election (several replicas, one active): off for a single `keyrotor run`, on in the
+    # Deployment and the Helm chart. Times as controller-runtime's defaults.
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None  # default: the pod's namespace, else "default"
+    leader_election_id: str | None = None  # default: the host (pod) name; a random suffix is added
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.cluster_name):
@@ -71,8 +81,21 @@ class Settings:
             raise SettingsError(
                 f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"
             )
+        for key in self.kms_keys:
+            if not KMS_KEY_ARN_RE.match(key):
+                raise SettingsError(
+                    f"--kms-key {key!r}: give the key's ARN "
+                    f"(arn:<partition>:kms:<region>:<account>:key/<id>)"
+                )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"--log-format {self.log_format!r}: expected json or text")
+        if not self.lease_duration > self.renew_deadline > self.retry_period * 1.2:
+            raise SettingsError(
+                f"--leader-election-lease-duration {self.lease_duration:g}s, "
+                f"--leader-election-renew-deadline {self.renew_deadline:g}s and "
+                f"--leader-election-retry-period {self.retry_period:g}s: each must be longer "
+                f"than the next (the retry period by a fifth)"
+            )
 
     # Names of what one installation (one cluster name) shares in the AWS account.
     @property
@@ -86,6 +109,11 @@ class Settings:
     @property
     def lambda_role_name(self) -> str:
         return f"keyrotor-{self.cluster_name}-rotation"
+
+    @property
+    def lease_name(self) -> str:
+        """The leader election Lease: one per installation, in the operator's namespace."""
+        return f"keyrotor-{self.cluster_name}"
 
     def default_secret_name(self, namespace: str, name: str) -> str:
         return f"{self.secret_prefix}{namespace}/{name}"

@@ -60,6 +60,7 @@ class SyncLoop:
     async def run(self, stop: asyncio.Event) -> None:
         next_sweep = 0.0
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.rt.settings.sync_interval
@@ -67,6 +68,7 @@ class SyncLoop:
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # one bad round must not end the loop
                 log.warning("sync loop round failed: %s", error_message(exc))
+            metrics.SYNC_SWEEP_SECONDS.observe(time.monotonic() - started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.rt.settings.focus_interval)
 

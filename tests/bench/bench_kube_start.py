@@ -1,4 +1,4 @@
-"""Warm start time of the test API server (keyrotor.sandbox.kube.KubeApiServer).
+"""Warm start time of the test API server (keyrotor_sandbox.kube.KubeApiServer).
 
 Times start() (etcd healthy, kube-apiserver ready, CRDs served, kube-controller-manager healthy)
 and stop(), a few rounds, with the binaries already built. Run on purpose:
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from keyrotor.sandbox.kube import KubeApiServer, ensure_binaries
+from keyrotor_sandbox.kube import KubeApiServer, ensure_binaries
 
 TEST_CRD = Path(__file__).resolve().parent.parent / "fixtures" / "test_crd.yaml"
 

@@ -40,8 +40,8 @@ from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor.model import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
-from keyrotor.sandbox.aws import AwsEmulator, Call, CallLog
-from keyrotor.sandbox.kube import KubeApiServer, ensure_binaries
+from keyrotor_sandbox.aws import AwsEmulator, Call, CallLog
+from keyrotor_sandbox.kube import KubeApiServer, ensure_binaries
 from tests.fixtures.operator import RBAC, Harness
 
 VERSION_ID = "keyrotor.io/version-id"
@@ -628,7 +628,7 @@ def quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:  # the in-process Lambda logs at INFO
         handler.setLevel(logging.WARNING)
-    for noisy in ("werkzeug", "lambda_function", "keyrotor.sandbox"):
+    for noisy in ("werkzeug", "lambda_function", "keyrotor_sandbox"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

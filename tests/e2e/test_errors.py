@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from keyrotor.sandbox.aws import LAMBDA_RETRIES
+from keyrotor_sandbox.aws import LAMBDA_RETRIES
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]

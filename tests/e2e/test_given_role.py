@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from keyrotor.sandbox.aws import ACCOUNT_ID
+from keyrotor_sandbox.aws import ACCOUNT_ID
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from keyrotor.sandbox.aws import Rotation
+from keyrotor_sandbox.aws import Rotation
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]

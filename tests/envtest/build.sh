@@ -2,7 +2,7 @@
 # Builds the test API server binaries (kube-apiserver, kube-controller-manager, etcd) at the
 # versions pinned in go.mod/go.sum next to this script, into a cache folder, reusing what is
 # already there. This is the recipe behind `make -C tests/envtest` and behind
-# keyrotor.sandbox.kube when it finds no binaries (it calls this script with the folder).
+# keyrotor_sandbox.kube when it finds no binaries (it calls this script with the folder).
 #
 #   tests/envtest/build.sh [OUT_DIR]
 #

@@ -1,7 +1,10 @@
-"""One test per AWS behaviour the emulator restores (keyrotor.sandbox.aws), and its test tools."""
+"""One test per AWS behaviour the emulator restores (keyrotor_sandbox.aws), and its test tools."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import textwrap
 import time
@@ -16,7 +19,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from keyrotor.aws.lambda_package import HANDLER, build_zip
-from keyrotor.sandbox.aws import LAMBDA_RETRIES, PREVIOUS_ROTATION_INCOMPLETE, AwsEmulator
+from keyrotor_sandbox.aws import LAMBDA_RETRIES, PREVIOUS_ROTATION_INCOMPLETE, AwsEmulator
 from tests.fixtures.aws import create_user_secret
 
 MARKER_HANDLER = textwrap.dedent(
@@ -516,3 +519,179 @@ def test_environ_points_a_process_at_the_emulator(aws: AwsEmulator) -> None:
     )
     identity = session.client("sts", endpoint_url=env["AWS_ENDPOINT_URL"]).get_caller_identity()
     assert identity["Account"] == aws.account_id
+
+
+# -- fix 9: the credential report ----------------------------------------------------------------
+
+AWS_REPORT_COLUMNS = [
+    "user",
+    "arn",
+    "user_creation_time",
+    "password_enabled",
+    "password_last_used",
+    "password_last_changed",
+    "password_next_rotation",
+    "mfa_active",
+    *(
+        f"access_key_{n}_{column}"
+        for n in (1, 2)
+        for column in (
+            "active",
+            "last_rotated",
+            "last_used_date",
+            "last_used_region",
+            "last_used_service",
+        )
+    ),
+    "cert_1_active",
+    "cert_1_last_rotated",
+    "cert_2_active",
+    "cert_2_last_rotated",
+]
+
+
+def _fresh_report(aws: AwsEmulator) -> dict[str, Any]:
+    """Generate a new report now (older ones are dated back past AWS's four hours) and get it."""
+    iam = aws.client("iam")
+    with contextlib.suppress(KeyError):
+        aws.age_credential_report(timedelta(hours=5))
+    assert iam.generate_credential_report()["State"] == "STARTED"
+    return dict(iam.get_credential_report())
+
+
+def _report_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(report["Content"].decode())))
+
+
+def _second(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def test_credential_report_has_awss_rows_and_columns(aws: AwsEmulator) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    iam = aws.client("iam")
+    both = f"user-{uuid.uuid4().hex[:12]}"  # two keys, the first deactivated, the second used
+    aws.create_iam_user(both)
+    first = iam.create_access_key(UserName=both)["AccessKey"]
+    second = iam.create_access_key(UserName=both)["AccessKey"]
+    iam.update_access_key(UserName=both, AccessKeyId=first["AccessKeyId"], Status="Inactive")
+    boto3.client(
+        "sts",
+        endpoint_url=aws.endpoint_url,
+        region_name=aws.region,
+        aws_access_key_id=second["AccessKeyId"],
+        aws_secret_access_key=second["SecretAccessKey"],
+    ).get_caller_identity()
+    survivor = f"user-{uuid.uuid4().hex[:12]}"  # two keys, the first deleted
+    aws.create_iam_user(survivor)
+    deleted = iam.create_access_key(UserName=survivor)["AccessKey"]
+    kept = iam.create_access_key(UserName=survivor)["AccessKey"]
+    iam.delete_access_key(UserName=survivor, AccessKeyId=deleted["AccessKeyId"])
+
+    report = _fresh_report(aws)
+    assert report["ReportFormat"] == "text/csv"
+    assert before - timedelta(seconds=1) <= report["GeneratedTime"] <= datetime.now(UTC)
+    rows = _report_rows(report)
+    assert list(rows[0]) == AWS_REPORT_COLUMNS
+    root = rows[0]
+    assert root["user"] == "<root_account>"
+    assert root["arn"] == f"arn:aws:iam::{aws.account_id}:root"
+    assert root["password_enabled"] == "not_supported"
+
+    by_user = {row["user"]: row for row in rows}
+    row = by_user[both]
+    assert row["password_enabled"] == "false" and row["password_last_used"] == "N/A"
+    assert (row["access_key_1_active"], row["access_key_2_active"]) == ("false", "true")
+    assert row["access_key_1_last_rotated"] == _second(first["CreateDate"])
+    assert row["access_key_2_last_rotated"] == _second(second["CreateDate"])
+    assert row["access_key_1_last_used_date"] == "N/A"
+    assert row["access_key_1_last_used_region"] == row["access_key_1_last_used_service"] == "N/A"
+    assert row["access_key_2_last_used_date"] != "N/A"
+    assert datetime.fromisoformat(row["access_key_2_last_used_date"]) >= before
+    assert (row["access_key_2_last_used_region"], row["access_key_2_last_used_service"]) == (
+        aws.region,
+        "sts",
+    )
+
+    row = by_user[survivor]
+    rotated = {row["access_key_1_last_rotated"], row["access_key_2_last_rotated"]}
+    assert rotated == {_second(kept["CreateDate"]), "N/A"}
+    slot = 1 if row["access_key_1_last_rotated"] != "N/A" else 2
+    assert row[f"access_key_{slot}_active"] == "true"
+    assert row[f"access_key_{3 - slot}_active"] == "false"
+
+
+def test_plain_moto_credential_report_is_not_awss() -> None:
+    """Why fix 9 exists: moto 5.2.5 alone (when this fails, look at fix 9 again)."""
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_user(UserName="u")
+        iam.generate_credential_report()
+        report = iam.get_credential_report()
+        rows = list(csv.DictReader(io.StringIO(report["Content"].decode())))
+    assert report["GeneratedTime"].year == 2015
+    assert [row["user"] for row in rows] == ["u"]  # no <root_account>
+
+
+def test_credential_report_is_a_snapshot_regenerated_after_four_hours(
+    aws: AwsEmulator, iam_user: str
+) -> None:
+    iam = aws.client("iam")
+    key = iam.create_access_key(UserName=iam_user)["AccessKey"]
+    first = _fresh_report(aws)
+    assert _second(key["CreateDate"]) in first["Content"].decode()
+
+    iam.delete_access_key(UserName=iam_user, AccessKeyId=key["AccessKeyId"])
+    aws.age_credential_report(timedelta(hours=3, minutes=59))
+    assert iam.generate_credential_report()["State"] == "COMPLETE"  # not generated again
+    same = iam.get_credential_report()
+    assert same["GeneratedTime"] == first["GeneratedTime"] - timedelta(hours=3, minutes=59)
+    assert same["Content"] == first["Content"]  # the snapshot still holds the deleted key
+
+    aws.age_credential_report(timedelta(minutes=2))  # now older than four hours
+    assert iam.generate_credential_report()["State"] == "STARTED"
+    fresh = iam.get_credential_report()
+    assert fresh["GeneratedTime"] > same["GeneratedTime"]
+    row = next(r for r in _report_rows(fresh) if r["user"] == iam_user)
+    assert row["access_key_1_last_rotated"] == row["access_key_2_last_rotated"] == "N/A"
+
+
+def test_credential_report_is_in_progress_while_generated(aws: AwsEmulator) -> None:
+    iam = aws.client("iam")
+    with contextlib.suppress(KeyError):
+        aws.age_credential_report(timedelta(hours=5))
+    aws.credential_report_seconds = 3600.0
+    try:
+        assert iam.generate_credential_report()["State"] == "STARTED"
+        assert iam.generate_credential_report()["State"] == "INPROGRESS"
+        with pytest.raises(ClientError) as not_ready:
+            iam.get_credential_report()
+        assert _code(not_ready) == "ReportInProgress"
+        assert not_ready.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert type(not_ready.value).__name__ == "CredentialReportNotReadyException"
+        aws.age_credential_report(timedelta(hours=1))  # generation done
+        assert iam.generate_credential_report()["State"] == "COMPLETE"
+        assert _report_rows(iam.get_credential_report())[0]["user"] == "<root_account>"
+    finally:
+        aws.credential_report_seconds = 0.0
+
+
+# -- fix 10: aged keys ---------------------------------------------------------------------------
+
+
+def test_age_access_key_sets_create_date_and_last_use(aws: AwsEmulator, iam_user: str) -> None:
+    iam = aws.client("iam")
+    key = iam.create_access_key(UserName=iam_user)["AccessKey"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    created, used = now - timedelta(days=400), now - timedelta(days=3)
+    aws.age_access_key(key["AccessKeyId"], created=created, last_used=used)
+
+    listed = iam.list_access_keys(UserName=iam_user)["AccessKeyMetadata"]
+    assert [k["CreateDate"] for k in listed] == [created]
+    last_used = iam.get_access_key_last_used(AccessKeyId=key["AccessKeyId"])["AccessKeyLastUsed"]
+    assert (last_used["LastUsedDate"], last_used["Region"]) == (used, aws.region)
+    row = next(r for r in _report_rows(_fresh_report(aws)) if r["user"] == iam_user)
+    assert row["access_key_1_last_rotated"] == _second(created)
+    assert row["access_key_1_last_used_date"] == _second(used)
+    with pytest.raises(KeyError):
+        aws.age_access_key("AKIANOSUCHKEY0000000", created=created)

@@ -16,7 +16,7 @@ from keyrotor.aws.lambda_package import (
     rotation_lambda_package,
 )
 from keyrotor.model import TAG_UID
-from keyrotor.sandbox.aws import AwsEmulator
+from keyrotor_sandbox.aws import AwsEmulator
 
 
 @pytest.fixture
@@ -235,3 +235,31 @@ def test_first_rotation_creates_a_managed_key_and_cancel_then_delete(
     assert not secrets.describe(sm, observed.arn).rotation_enabled
     secrets.schedule_deletion(sm, observed.arn, 7)
     assert secrets.describe(sm, observed.arn).deleted
+
+
+def test_lambda_role_is_created_with_the_permissions_boundary(
+    aws: AwsEmulator, names: dict[str, str]
+) -> None:
+    client = aws.client("iam")
+    boundary = f"arn:aws:iam::{aws.account_id}:policy/{names['role']}-boundary"
+    policy = _policy(aws, names["function"])
+    iam.ensure_lambda_role(client, role_name=names["role"], policy=policy, boundary_arn=boundary)
+    role = client.get_role(RoleName=names["role"])["Role"]
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == boundary
+
+
+def test_a_role_without_the_boundary_is_refused_before_anything_is_written(
+    aws: AwsEmulator, names: dict[str, str]
+) -> None:
+    client = aws.client("iam")
+    iam.ensure_lambda_role(client, role_name=names["role"], policy=_policy(aws, names["function"]))
+    boundary = f"arn:aws:iam::{aws.account_id}:policy/{names['role']}-boundary"
+    aws.calls.reset()
+    with pytest.raises(iam.RoleBoundaryError, match="put-role-permissions-boundary"):
+        iam.ensure_lambda_role(
+            client,
+            role_name=names["role"],
+            policy={"Version": "2012-10-17", "Statement": []},
+            boundary_arn=boundary,
+        )
+    assert [op for _, op in aws.calls.pairs()] == ["GetRole"]

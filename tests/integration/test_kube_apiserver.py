@@ -1,4 +1,4 @@
-"""The real kube-apiserver from keyrotor.sandbox.kube behaves as Kubernetes does.
+"""The real kube-apiserver from keyrotor_sandbox.kube behaves as Kubernetes does.
 
 Everything here goes over real HTTPS to a real kube-apiserver backed by a real etcd, through the
 kubernetes Python client. The test CRD (tests/fixtures/test_crd.yaml, kind Widget) has a
@@ -19,8 +19,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from keyrotor.sandbox import kube as sandbox_kube
-from keyrotor.sandbox.kube import (
+from keyrotor_sandbox import kube as sandbox_kube
+from keyrotor_sandbox.kube import (
     ADMIN_USER,
     OPERATOR_GROUPS,
     OPERATOR_USER,

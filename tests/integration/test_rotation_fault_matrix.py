@@ -28,7 +28,7 @@ import pytest
 
 from keyrotor.model import TAG_CLUSTER, TAG_IAM_USER
 from keyrotor.rotation_lambda import KEY_IN_USE_PREFIX
-from keyrotor.sandbox.aws import LAMBDA_RETRIES, ROTATION_STEPS, AwsEmulator
+from keyrotor_sandbox.aws import LAMBDA_RETRIES, ROTATION_STEPS, AwsEmulator
 from tests.fixtures.aws import TEST_CLUSTER, create_user_secret
 
 _clean_runs: dict[str, dict[str, list[tuple[str, str, int]]]] = {}
@@ -64,6 +64,9 @@ def _setup(aws: AwsEmulator, key_source: str) -> Subject:
     )
     initial = _value(aws, arn, "AWSCURRENT")["accesskey"]
     assert len(_user_keys(aws, user)) == 2  # AWSCURRENT's key and AWSPREVIOUS's
+    # Made by earlier rotations, not in the rotation's own second (its orphan sweep's window):
+    # the user is at the two-key limit and createSecret must read AWSPREVIOUS to make room.
+    backdate_keys(aws, user)
     return Subject(user, arn, initial, user_arn)
 
 
@@ -187,6 +190,9 @@ def test_rotation_survives_a_fault_at_every_call(
     assert calls, f"{step} made no AWS call in a clean run"
     if step != "setSecret":
         assert len(calls) >= 3, calls
+    if step == "createSecret":  # the two-key limit is in the matrix: AWSPREVIOUS's key made room
+        assert ("iam", "DeleteAccessKey", 1) in calls, calls
+        assert sum(op == "GetSecretValue" for _, op, _ in calls) == 3, calls
     cases = [
         Case(step, service, operation, nth, when, persistent)
         for service, operation, nth in calls

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from keyrotor.aws import policies
 from keyrotor.aws.clients import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
+    from mypy_boto3_iam.type_defs import CreateRoleRequestTypeDef
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,6 @@ class IamUser:
     name: str
     arn: str
     tags: dict[str, str]
-
-
-@dataclass(frozen=True)
-class AccessKey:
-    access_key_id: str
-    status: str  # Active | Inactive
-    created: datetime
 
 
 def get_user(iam: IAMClient, name: str) -> IamUser | None:
@@ -57,14 +51,6 @@ def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
             raise
 
 
-def list_access_keys(iam: IAMClient, user: str) -> list[AccessKey]:
-    keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
-    return [
-        AccessKey(access_key_id=k["AccessKeyId"], status=k["Status"], created=k["CreateDate"])
-        for k in keys
-    ]
-
-
 def deactivate_access_key(iam: IAMClient, user: str, access_key_id: str) -> bool:
     """Mark a key Inactive. False when the key is already gone (nothing to do)."""
     try:
@@ -84,80 +70,78 @@ def delete_access_key(iam: IAMClient, user: str, access_key_id: str) -> None:
             raise
 
 
-LAMBDA_TRUST_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "lambda.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-ROLE_POLICY_NAME = "keyrotor-rotation"
+ROLE_POLICY_NAME = policies.ROLE_POLICY_NAME
+
+
+class RoleBoundaryError(RuntimeError):
+    """The rotation role exists without the permissions boundary keyrotor creates it with."""
 
 
 def rotation_role_policy(
-    *, partition: str, region: str, account_id: str, prefix: str, function_name: str
+    *,
+    partition: str,
+    region: str,
+    account_id: str,
+    prefix: str,
+    function_name: str,
+    kms_keys: tuple[str, ...] = (),
+    user_path: str = "/",
 ) -> dict[str, Any]:
-    """Least privilege for the rotation Lambda: only the installation's secrets (by name prefix),
-    access-key actions on IAM users, its own log group."""
-    secrets_arn = f"arn:{partition}:secretsmanager:{region}:{account_id}:secret:{prefix}*"
-    log_group = f"arn:{partition}:logs:{region}:{account_id}:log-group:/aws/lambda/{function_name}"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "RotateInstallationSecrets",
-                "Effect": "Allow",
-                "Action": [
-                    "secretsmanager:DescribeSecret",
-                    "secretsmanager:GetSecretValue",
-                    "secretsmanager:PutSecretValue",
-                    "secretsmanager:UpdateSecretVersionStage",
-                    "secretsmanager:ListSecretVersionIds",
-                ],
-                "Resource": secrets_arn,
-            },
-            {
-                "Sid": "ManageUserAccessKeys",
-                "Effect": "Allow",
-                "Action": [
-                    "iam:GetUser",
-                    "iam:ListAccessKeys",
-                    "iam:CreateAccessKey",
-                    "iam:DeleteAccessKey",
-                ],
-                "Resource": f"arn:{partition}:iam::{account_id}:user/*",
-            },
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": [log_group, f"{log_group}:*"],
-            },
-        ],
-    }
+    """The rotation Lambda's inline policy: ``keyrotor.aws.policies.lambda_role_policy``."""
+    cluster_name = function_name.removeprefix("keyrotor-").removesuffix("-rotation")
+    return policies.lambda_role_policy(
+        policies.PolicyParams(
+            cluster_name=cluster_name,
+            region=region,
+            account_id=account_id,
+            partition=partition,
+            prefix=prefix,
+            kms_keys=kms_keys,
+            user_path=user_path,
+        )
+    )
 
 
-def ensure_lambda_role(iam: IAMClient, *, role_name: str, policy: dict[str, Any]) -> str:
-    """The execution role with its trust and inline policy, created or corrected; its ARN."""
+def ensure_lambda_role(
+    iam: IAMClient,
+    *,
+    role_name: str,
+    policy: dict[str, Any],
+    trust: dict[str, Any] | None = None,
+    boundary_arn: str | None = None,
+) -> str:
+    """The execution role with its trust and inline policy, created or corrected; its ARN.
+
+    With ``boundary_arn`` the role is created with that permissions boundary, and an existing
+    role without it is refused before anything is written (the operator's policy allows
+    PutRolePolicy only on a role that carries the boundary).
+    """
     try:
         role = iam.get_role(RoleName=role_name)["Role"]
     except Exception as exc:
         if error_code(exc) != "NoSuchEntity":
             raise
+        request: CreateRoleRequestTypeDef = {
+            "RoleName": role_name,
+            "AssumeRolePolicyDocument": json.dumps(trust or _default_trust()),
+            "Description": "keyrotor rotation Lambda execution role",
+            "Tags": [{"Key": "app.kubernetes.io/managed-by", "Value": "keyrotor"}],
+        }
+        if boundary_arn:
+            request["PermissionsBoundary"] = boundary_arn
         try:
-            role = iam.create_role(
-                RoleName=role_name,
-                AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST_POLICY),
-                Description="keyrotor rotation Lambda execution role",
-                Tags=[{"Key": "app.kubernetes.io/managed-by", "Value": "keyrotor"}],
-            )["Role"]
+            role = iam.create_role(**request)["Role"]
         except Exception as create_exc:
             if error_code(create_exc) != "EntityAlreadyExists":
                 raise
             role = iam.get_role(RoleName=role_name)["Role"]
+    have_boundary = (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    if boundary_arn and have_boundary != boundary_arn:
+        raise RoleBoundaryError(
+            f"IAM role {role_name} exists without the permissions boundary {boundary_arn}; "
+            f"attach it (aws iam put-role-permissions-boundary --role-name {role_name} "
+            f"--permissions-boundary {boundary_arn}) or delete the role so keyrotor creates it"
+        )
     wanted = json.dumps(policy, sort_keys=True)
     try:
         current = iam.get_role_policy(RoleName=role_name, PolicyName=ROLE_POLICY_NAME)
@@ -172,3 +156,7 @@ def ensure_lambda_role(iam: IAMClient, *, role_name: str, policy: dict[str, Any]
     if have != wanted:
         iam.put_role_policy(RoleName=role_name, PolicyName=ROLE_POLICY_NAME, PolicyDocument=wanted)
     return str(role["Arn"])
+
+
+def _default_trust() -> dict[str, Any]:
+    return policies.lambda_trust_policy(policies.PolicyParams(cluster_name="-", region="-"))

@@ -5,6 +5,12 @@ The Python counterpart of controller-runtime's envtest, used by the test suite a
 validation, the status subresource, finalizers, resourceVersion conflicts, server-side apply,
 watches and RBAC are the real ones.
 
+What the binaries do themselves is left to them: kube-apiserver generates its own self-signed
+serving certificate (and CA) in ``--cert-dir``, whose key also signs and verifies ServiceAccount
+tokens; kube-controller-manager does the same in its own folder; identities come from a static
+token file (``--token-auth-file``). This module only picks ports, writes the token file and the
+kubeconfigs, starts the processes, waits until they answer, and says in one line why one did not.
+
 Binaries, in this order:
 
 1. ``KUBEBUILDER_ASSETS`` names a folder holding ``kube-apiserver`` and ``etcd`` (as
@@ -12,8 +18,8 @@ Binaries, in this order:
 2. The cache folder for the pin in ``tests/envtest/go.mod``:
    ``$KEYROTOR_ENVTEST_CACHE`` (default ``~/.cache/keyrotor/envtest``) ``/k8s-<v>-etcd-<v>/``.
 3. Otherwise they are built into that folder with ``tests/envtest/build.sh`` (needs Go and the
-   Go module proxy; a few minutes cold). The recipe is found by walking up from this file to the
-   repository, or at ``$KEYROTOR_ENVTEST_DIR``.
+   Go module proxy; a few minutes cold). The recipe is found in the keyrotor checkout this
+   package runs from (or the current directory's).
 
 Usage::
 
@@ -25,8 +31,8 @@ Everything listens on 127.0.0.1 on free ports. ``stop()`` (and leaving the ``wit
 stops every process and removes the data folder; the process logs are kept (and their folder
 named) only when start-up failed or a process died on its own.
 
-From a shell: ``python -m keyrotor.sandbox.kube build`` (build or find the binaries, print their
-folder) and ``python -m keyrotor.sandbox.kube run`` (start, print the kubeconfigs, wait for Ctrl-C).
+From a shell: ``python -m keyrotor_sandbox.kube`` starts one, prints its kubeconfigs and waits
+for Ctrl-C (``make -C tests/envtest`` builds the binaries).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -48,13 +53,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TextIO, TypeVar
+from typing import IO, Any, Self, TextIO
 
 import yaml
 
@@ -74,10 +78,9 @@ __all__ = [
 
 ENV_ASSETS = "KUBEBUILDER_ASSETS"
 ENV_CACHE = "KEYROTOR_ENVTEST_CACHE"
-ENV_RECIPE = "KEYROTOR_ENVTEST_DIR"
 
-# Used only to find an already built cache folder when the recipe (go.mod) is not at hand,
-# e.g. when keyrotor is installed from a wheel. tests/envtest/go.mod is the source of truth.
+# Used only to find an already built cache folder when the recipe (go.mod) is not at hand.
+# tests/envtest/go.mod is the source of truth (a test checks they agree).
 FALLBACK_K8S_VERSION = "1.34.4"
 FALLBACK_ETCD_VERSION = "3.6.4"
 
@@ -93,13 +96,9 @@ OPERATOR_GROUPS = (
 )
 # Owned objects are deleted in cascade (garbage collector) and deleted namespaces empty out.
 DEFAULT_CONTROLLERS = ("garbage-collector-controller", "namespace-controller")
-
-SERVICE_CIDR = "10.0.0.0/24"
-SERVICE_IP = "10.0.0.1"
 FIELD_MANAGER = "keyrotor-sandbox"
 
 _POLL = 0.1
-_T = TypeVar("_T")
 
 
 class KubeStartupError(RuntimeError):
@@ -121,9 +120,7 @@ class KubeStartupError(RuntimeError):
             self.add_note("last lines of the log:\n" + "\n".join(self.log_tail))
 
 
-# --------------------------------------------------------------------------------------------
-# Binaries: KUBEBUILDER_ASSETS, the cache folder, or a build with the pinned recipe.
-# --------------------------------------------------------------------------------------------
+# --- binaries: KUBEBUILDER_ASSETS, the cache folder, or a build with the pinned recipe ----------
 
 
 @dataclass(frozen=True)
@@ -136,35 +133,19 @@ class Binaries:
 
 
 def find_recipe() -> Path | None:
-    """The folder holding build.sh and go.mod (tests/envtest of the repository), if any."""
-    env = os.environ.get(ENV_RECIPE)
-    if env:
-        path = Path(env).expanduser()
-        if not (path / "build.sh").is_file() or not (path / "go.mod").is_file():
-            raise KubeStartupError(f"{ENV_RECIPE}={env} holds no build.sh and go.mod")
-        return path
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "tests" / "envtest"
-        if (candidate / "build.sh").is_file() and (candidate / "go.mod").is_file():
-            return candidate
+    """tests/envtest (build.sh, go.mod) of the checkout this runs from, or the current one's."""
+    for start in (Path(__file__).resolve(), Path.cwd().resolve() / "_"):
+        for parent in start.parents:
+            candidate = parent / "tests" / "envtest"
+            if (candidate / "build.sh").is_file() and (candidate / "go.mod").is_file():
+                return candidate
     return None
 
 
 def repo_root() -> Path | None:
-    """The repository this package runs from (editable install), if any."""
+    """The keyrotor checkout (the folder holding crds/, deploy/, tests/), if any."""
     recipe = find_recipe()
     return recipe.parent.parent if recipe is not None else None
-
-
-def default_crd_paths() -> list[Path]:
-    """The repository's crds/ folder, if it holds YAML files."""
-    root = repo_root()
-    if root is None:
-        return []
-    crds = root / "crds"
-    if crds.is_dir() and any(crds.glob("*.y*ml")):
-        return [crds]
-    return []
 
 
 def pinned_versions(recipe: Path | None = None) -> tuple[str, str]:
@@ -182,26 +163,17 @@ def pinned_versions(recipe: Path | None = None) -> tuple[str, str]:
     return versions["k8s.io/kubernetes"], versions["go.etcd.io/etcd/server/v3"]
 
 
-def cache_root() -> Path:
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "keyrotor" / "envtest"
-
-
 def cache_dir(k8s_version: str, etcd_version: str) -> Path:
-    return cache_root() / f"k8s-{k8s_version}-etcd-{etcd_version}"
+    """Where tests/envtest/build.sh puts these versions (the same rule as the script's)."""
+    root = os.environ.get(ENV_CACHE)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = str(Path(xdg or Path.home() / ".cache") / "keyrotor" / "envtest")
+    return Path(root).expanduser() / f"k8s-{k8s_version}-etcd-{etcd_version}"
 
 
 def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
-
-
-def _complete(directory: Path) -> bool:
-    names = ("kube-apiserver", "kube-controller-manager", "etcd")
-    return all(_executable(directory / name) for name in names)
 
 
 def ensure_binaries(*, build: bool = True, progress: TextIO | None = None) -> Binaries:
@@ -221,320 +193,124 @@ def ensure_binaries(*, build: bool = True, progress: TextIO | None = None) -> Bi
                 )
         kcm = directory / "kube-controller-manager"
         return Binaries(
-            directory=directory,
-            kube_apiserver=directory / "kube-apiserver",
-            etcd=directory / "etcd",
-            kube_controller_manager=kcm if _executable(kcm) else None,
-            source=ENV_ASSETS,
+            directory,
+            directory / "kube-apiserver",
+            directory / "etcd",
+            kcm if _executable(kcm) else None,
+            ENV_ASSETS,
         )
 
     recipe = find_recipe()
-    k8s_version, etcd_version = pinned_versions(recipe)
-    directory = cache_dir(k8s_version, etcd_version)
+    directory = cache_dir(*pinned_versions(recipe))
+    names = ("kube-apiserver", "kube-controller-manager", "etcd")
     source = "cache"
-    if not _complete(directory):
-        if not build:
-            raise KubeStartupError(
-                f"no kube-apiserver/etcd binaries in {directory} and building is off; "
-                f"run `make -C tests/envtest` or set {ENV_ASSETS}"
+    if not all(_executable(directory / name) for name in names):
+        if not build or recipe is None or shutil.which("go") is None:
+            why = (
+                "building is off"
+                if not build
+                else "no build recipe (tests/envtest) in this checkout"
+                if recipe is None
+                else "`go` is not on PATH to build them"
             )
-        if recipe is None:
             raise KubeStartupError(
-                f"no kube-apiserver/etcd binaries in {directory} and no build recipe "
-                f"(tests/envtest/build.sh) found; set {ENV_ASSETS} or {ENV_RECIPE}"
-            )
-        if shutil.which("go") is None:
-            raise KubeStartupError(
-                f"no kube-apiserver/etcd binaries in {directory} and `go` is not on PATH to build "
-                f"them; install Go, or set {ENV_ASSETS} to a folder holding kube-apiserver and etcd"
+                f"no kube-apiserver/etcd binaries in {directory} and {why}; run "
+                f"`make -C tests/envtest` in a keyrotor checkout, or set {ENV_ASSETS} to a "
+                f"folder holding kube-apiserver and etcd"
             )
         # build.sh takes a lock and re-checks, so concurrent callers build once.
         _run_build(recipe, directory, progress if progress is not None else sys.stderr)
         source = "built"
     return Binaries(
-        directory=directory,
-        kube_apiserver=directory / "kube-apiserver",
-        etcd=directory / "etcd",
-        kube_controller_manager=directory / "kube-controller-manager",
-        source=source,
+        directory,
+        directory / "kube-apiserver",
+        directory / "etcd",
+        directory / "kube-controller-manager",
+        source,
     )
 
 
-_GO_PACKAGE_LINE = re.compile(r"^[\w.\-~+]+(/[\w.\-~+]+)*$")
-
-
 def _run_build(recipe: Path, out: Path, progress: TextIO) -> None:
-    """Run tests/envtest/build.sh, reporting progress without flooding the terminal."""
+    """Run tests/envtest/build.sh, passing its lines on except Go's per-module download lines."""
     started = time.monotonic()
-
-    def say(text: str) -> None:
-        progress.write(f"[keyrotor envtest] {text}\n")
-        progress.flush()
-
-    say(f"building kube-apiserver, kube-controller-manager and etcd into {out} (several minutes)")
-    env = dict(os.environ, ENVTEST_GO_BUILD_FLAGS="-v")
+    progress.write(f"[keyrotor envtest] building into {out} (several minutes, once)\n")
     tail: list[str] = []
-    packages = downloads = 0
-    last_report = started
-    proc = subprocess.Popen(
+    downloads = 0
+    with subprocess.Popen(
         ["bash", str(recipe / "build.sh"), str(out)],
         cwd=recipe,
-        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
-    )
-    assert proc.stdout is not None
-    try:
+    ) as proc:
+        assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip()
-            if not line:
-                continue
             tail = [*tail[-39:], line]
-            if _GO_PACKAGE_LINE.match(line) or line.startswith("go: downloading"):
-                if line.startswith("go: "):
-                    downloads += 1
-                else:
-                    packages += 1
-                now = time.monotonic()
-                if now - last_report >= 15:
-                    last_report = now
-                    say(
-                        f"{now - started:.0f}s: {downloads} modules downloaded, "
-                        f"{packages} packages compiled"
-                    )
-            else:
-                say(line)
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if rc != 0:
-        cause = next(
-            (x for x in reversed(tail) if not _GO_PACKAGE_LINE.match(x)), f"exit status {rc}"
-        )
+            if line.startswith("go: downloading"):
+                downloads += 1
+            elif line:
+                progress.write(f"[keyrotor envtest] {line}\n")
+                progress.flush()
+    if proc.returncode != 0:
+        cause = next((x for x in reversed(tail) if x), f"exit status {proc.returncode}")
         raise KubeStartupError(
-            f"building the envtest binaries with {recipe / 'build.sh'} failed (exit {rc}): {cause}",
+            f"building the envtest binaries with {recipe / 'build.sh'} failed "
+            f"(exit {proc.returncode}): {cause}",
             log_tail=tail,
         )
-    say(f"built in {time.monotonic() - started:.0f}s")
-
-
-# --------------------------------------------------------------------------------------------
-# Certificates, tokens, kubeconfigs
-# --------------------------------------------------------------------------------------------
-
-
-def _write_pki(directory: Path) -> None:
-    """CA, serving cert for 127.0.0.1/localhost, service-account signing key pair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=365)
-
-    def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyrotor-envtest-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
+    progress.write(
+        f"[keyrotor envtest] built in {time.monotonic() - started:.0f}s "
+        f"({downloads} modules downloaded)\n"
     )
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
 
-    names: list[x509.GeneralName] = [
-        x509.DNSName(name)
-        for name in (
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        )
-    ]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    sa_key = ec.generate_private_key(ec.SECP256R1())
-    files = {
-        "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
-        "serving.crt": cert.public_bytes(serialization.Encoding.PEM),
-        "serving.key": private_pem(key),
-        "sa.key": private_pem(sa_key),
-        "sa.pub": sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    }
-    for name, data in files.items():
-        path = directory / name
-        path.write_bytes(data)
-        path.chmod(0o600)
-
-
-def _kubeconfig(url: str, ca_pem: bytes, user: str, token: str) -> dict[str, Any]:
-    cluster, context = "keyrotor-envtest", f"keyrotor-envtest-{user}"
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": cluster,
-                "cluster": {
-                    "server": url,
-                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
-                },
-            }
-        ],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
-        "current-context": context,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Processes and their logs
-# --------------------------------------------------------------------------------------------
+# --- processes and their logs -------------------------------------------------------------------
 
 
 def _free_ports(count: int) -> list[int]:
     """Distinct free loopback ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
         for sock in sockets:
-            sock.close()
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
-_KLOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+\] (.*)$")
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_KLOG_LINE = re.compile(r"^([EF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+\] (.*)$")
 
 
-def _klog_text(message: str) -> str:
-    """klog structured `"msg" err="..."` as `msg: ...`; other messages unchanged."""
-    head = re.match(_QUOTED, message)
-    if head is None:
-        return message
-    err = re.search(r"\berr=" + _QUOTED, message[head.end() :])
-    parts = [head.group(1)] + ([err.group(1)] if err else [])
-    with contextlib.suppress(ValueError):
-        parts = [json.loads(f'"{part}"') for part in parts]
-    return ": ".join(parts)
+def _log_cause(lines: Sequence[str]) -> str:
+    """The most telling error line of a Go server's log (cobra, etcd's JSON or klog format)."""
+    ranked: dict[int, str] = {}
+    for line in lines:
+        text = line.strip()
+        if text.startswith("Error: "):  # cobra: the command's own error, the best summary
+            ranked[0] = text[len("Error: ") :]
+        elif text.startswith("{"):  # etcd (zap JSON)
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(text)
+                message = f"{entry.get('msg', '')}: {entry['error']}" if entry.get("error") else ""
+                if message and entry.get("level") in ("fatal", "panic"):
+                    ranked[1] = message
+                elif message and entry.get("level") == "error":
+                    ranked[3] = message
+        elif match := _KLOG_LINE.match(text):
+            ranked[2 if match.group(1) == "F" else 4] = match.group(2)
+    best = ranked[min(ranked)] if ranked else (lines[-1] if lines else "no output")
+    return best[:400]
 
 
 def _log_tail(path: Path, lines: int = 200) -> list[str]:
     try:
         with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 256 * 1024))
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 256 * 1024))
             text = handle.read().decode(errors="replace")
     except OSError:
         return []
     return [line for line in text.splitlines() if line.strip()][-lines:]
-
-
-def _log_cause(lines: Sequence[str]) -> str | None:
-    """The most telling error line of a Go server's log (cobra, zap JSON or klog format)."""
-    ranked: dict[int, str] = {}
-    for line in lines:
-        text = line.strip()
-        if text.startswith("Error: "):
-            ranked[0] = text[len("Error: ") :]
-        elif text.startswith("{"):
-            try:
-                entry = json.loads(text)
-            except ValueError:
-                continue
-            if not isinstance(entry, dict):
-                continue
-            level = str(entry.get("level", ""))
-            message = str(entry.get("msg", ""))
-            if entry.get("error"):
-                message = f"{message}: {entry['error']}"
-            if level in ("fatal", "panic"):
-                ranked[1] = message
-            elif level == "error":
-                ranked[3] = message
-        else:
-            match = _KLOG_LINE.match(text)
-            if match and match.group(1) == "F":
-                ranked[2] = _klog_text(match.group(2))
-            elif match and match.group(1) == "E":
-                ranked[4] = _klog_text(match.group(2))
-            elif text.startswith(("panic: ", "fatal error: ")):
-                ranked[1] = text
-    for rank in sorted(ranked):
-        return ranked[rank][:400]
-    return lines[-1][:400] if lines else None
 
 
 _libc: Any = None
@@ -566,9 +342,8 @@ class _Process:
 
     def failure(self, what: str) -> KubeStartupError:
         tail = _log_tail(self.log_path)
-        cause = _log_cause(tail) or "no output"
         return KubeStartupError(
-            f"{self.name} {what}: {cause}", log_path=self.log_path, log_tail=tail[-15:]
+            f"{self.name} {what}: {_log_cause(tail)}", log_path=self.log_path, log_tail=tail[-15:]
         )
 
     def stop(self) -> None:
@@ -582,9 +357,7 @@ class _Process:
         self.log_file.close()
 
 
-# --------------------------------------------------------------------------------------------
-# The launcher
-# --------------------------------------------------------------------------------------------
+# --- the launcher -------------------------------------------------------------------------------
 
 
 class KubeApiServer:
@@ -622,9 +395,10 @@ class KubeApiServer:
         die_with_parent: bool = True,
         extra_apiserver_args: Sequence[str] = (),
     ) -> None:
-        self._crd_paths = [Path(p) for p in (default_crd_paths() if crds is None else crds)] + [
-            Path(p) for p in extra_crds
-        ]
+        if crds is None:
+            root = repo_root()
+            crds = [root / "crds"] if root is not None and (root / "crds").is_dir() else []
+        self._crd_paths = [Path(p) for p in [*crds, *extra_crds]]
         self._want_kcm = controller_manager
         self._controllers = tuple(controllers)
         self._fixed_ports = (port, etcd_port, etcd_peer_port)
@@ -641,12 +415,8 @@ class KubeApiServer:
         self._started = False
         self._stopped = False
         self.binaries: Binaries | None = None
-        self.port = 0
-        self.etcd_port = 0
-        self.etcd_peer_port = 0
-        self.kcm_port = 0
-        self.admin_token = ""
-        self.operator_token = ""
+        self.port = self.etcd_port = self.etcd_peer_port = self.kcm_port = 0
+        self.admin_token = self.operator_token = ""
         self.versions: dict[str, str] = {}
         self.crd_names: list[str] = []
         self.startup_seconds = 0.0
@@ -670,7 +440,8 @@ class KubeApiServer:
 
     @property
     def ca_file(self) -> Path:
-        return self.workdir / "pki" / "ca.crt"
+        """kube-apiserver's own serving certificate followed by its CA, as it generated them."""
+        return self.workdir / "pki" / "apiserver.crt"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -693,8 +464,7 @@ class KubeApiServer:
         return self._api_client(self.operator_token)
 
     def __enter__(self) -> Self:
-        self.start()
-        return self
+        return self.start()
 
     def __exit__(
         self,
@@ -711,25 +481,22 @@ class KubeApiServer:
         self._started = True
         began = time.monotonic()
         self.binaries = ensure_binaries(build=self._build, progress=self._progress)
-        auto_ports = all(p is None for p in self._fixed_ports)
-        attempts = 3 if auto_ports else 1
+        # Another process may take an auto-picked port between picking and binding: retry.
+        attempts = 3 if self._fixed_ports == (None, None, None) else 1
         for attempt in range(1, attempts + 1):
             try:
                 self._start_once()
                 break
-            except KubeStartupError as error:
+            except BaseException as error:
                 self._keep_logs = True
                 self.stop()
-                if attempt == attempts or "address already in use" not in str(error):
+                retry = isinstance(error, KubeStartupError) and "address already in use" in str(
+                    error
+                )
+                if attempt == attempts or not retry:
                     raise
-                # Another process took an auto-picked port between picking and binding: retry.
-                if self._workdir is not None:
-                    _remove(self._workdir)
-                self._reset_for_retry()
-            except BaseException:
-                self._keep_logs = True
-                self.stop()
-                raise
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self._workdir, self._stopped, self._keep_logs = None, False, False
         self.startup_seconds = time.monotonic() - began
         return self
 
@@ -752,13 +519,15 @@ class KubeApiServer:
             self.controller_manager_running = False
             with contextlib.suppress(ValueError):
                 atexit.unregister(self.stop)
-            workdir = self._workdir
-            if self._keep_logs:
-                for child in workdir.iterdir():
-                    if child.name != "logs":
-                        _remove(child)
-            else:
-                _remove(workdir)
+            if not self._keep_logs:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                return
+            for child in self._workdir.iterdir():
+                if child.name != "logs":
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
 
     # -- YAML ----------------------------------------------------------------------------------
 
@@ -776,15 +545,14 @@ class KubeApiServer:
         Kustomization files are always skipped. Returns the applied objects as the server
         returned them.
         """
+        from kubernetes import dynamic
+
         documents = _load_documents(paths)
         if kinds is not None:
-            wanted = set(kinds)
-            documents = [d for d in documents if d.get("kind") in wanted]
+            documents = [d for d in documents if d.get("kind") in set(kinds)]
         order = {"Namespace": 0, "CustomResourceDefinition": 1}
         documents.sort(key=lambda d: order.get(str(d.get("kind")), 2))
         applied: list[dict[str, Any]] = []
-        from kubernetes import dynamic
-
         api = self.admin_client()
         try:
             client = dynamic.DynamicClient(api, cache_file=str(self.workdir / "discovery.json"))
@@ -799,8 +567,8 @@ class KubeApiServer:
                 )
                 target_ns = None
                 if resource.namespaced:
-                    target_ns = document.get("metadata", {}).get("namespace") or namespace
-                    target_ns = target_ns or "default"
+                    metadata = document.get("metadata", {})
+                    target_ns = metadata.get("namespace") or namespace or "default"
                 result = client.server_side_apply(
                     resource,
                     body=document,
@@ -826,12 +594,6 @@ class KubeApiServer:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _reset_for_retry(self) -> None:
-        self._workdir = None
-        self._stopped = False
-        self._keep_logs = False
-        self.controller_manager_running = False
-
     def _api_client(self, token: str) -> Any:
         from kubernetes import client
 
@@ -845,53 +607,52 @@ class KubeApiServer:
         return client.ApiClient(configuration=config)
 
     def _start_once(self) -> None:
-        assert self.binaries is not None
         self._workdir = Path(tempfile.mkdtemp(prefix="keyrotor-kube-"))
         atexit.register(self.stop)  # in case the caller never stops us
         (self.workdir / "logs").mkdir()
-        fixed_api, fixed_etcd, fixed_peer = self._fixed_ports
+        (self.workdir / "pki").mkdir(mode=0o700)
         auto = iter(_free_ports(4))
-        self.port = fixed_api or next(auto)
-        self.etcd_port = fixed_etcd or next(auto)
-        self.etcd_peer_port = fixed_peer or next(auto)
+        self.port, self.etcd_port, self.etcd_peer_port = (
+            p or next(auto) for p in self._fixed_ports
+        )
         self.kcm_port = next(auto)
-
-        _write_pki(self.workdir / "pki")
         self.admin_token = secrets.token_urlsafe(32)
         self.operator_token = secrets.token_urlsafe(32)
         tokens = self.workdir / "pki" / "tokens.csv"
         tokens.write_text(
             f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"{",".join(ADMIN_GROUPS)}"\n'
-            f"{self.operator_token},{OPERATOR_USER},keyrotor-operator,"
-            f'"{",".join(OPERATOR_GROUPS)}"\n'
+            f'{self.operator_token},{OPERATOR_USER},keyrotor-operator,"{",".join(OPERATOR_GROUPS)}"\n'
         )
         tokens.chmod(0o600)
-        ca_pem = self.ca_file.read_bytes()
+
+        etcd = self._start_etcd()
+        self._wait(etcd, "did not become healthy", self._etcd_healthy, f"{self.etcd_url}/health")
+        apiserver = self._start_apiserver()
+        self._wait(
+            apiserver,
+            "did not become ready",
+            lambda: self._get(f"{self.url}/readyz", self.ca_file) is not None,
+            f"{self.url}/readyz",
+        )
+        self._wait(
+            apiserver,
+            "did not create the default namespace",
+            lambda: self._get(f"{self.url}/api/v1/namespaces/default", self.ca_file) is not None,
+            "namespace default",
+        )
+        # The CA exists now: kube-apiserver wrote it on start-up.
+        ca_data = base64.b64encode(self.ca_file.read_bytes()).decode()
         for path, user, token in (
             (self.admin_kubeconfig, ADMIN_USER, self.admin_token),
             (self.operator_kubeconfig, "keyrotor-operator", self.operator_token),
         ):
-            path.write_text(yaml.safe_dump(_kubeconfig(self.url, ca_pem, user, token)))
+            path.write_text(yaml.safe_dump(_kubeconfig(self.url, ca_data, user, token)))
             path.chmod(0o600)
-
-        etcd = self._start_etcd()
-        self._wait(
-            etcd,
-            "did not become healthy",
-            lambda: self._etcd_healthy(),
-            f"{self.etcd_url}/health",
-        )
-        apiserver = self._start_apiserver()
-        self._wait(apiserver, "did not become ready", self._apiserver_ready, f"{self.url}/readyz")
-        self._wait(
-            apiserver,
-            "did not create the default namespace",
-            lambda: self._get_json(f"{self.url}/api/v1/namespaces/default") is not None,
-            "namespace default",
-        )
+        version = json.loads(self._get(f"{self.url}/version", self.ca_file) or b"{}")
+        etcd_version = json.loads(self._get(f"{self.etcd_url}/version") or b"{}")
         self.versions = {
-            "kubernetes": str((self._get_json(f"{self.url}/version") or {}).get("gitVersion")),
-            "etcd": str((self._get_json(f"{self.etcd_url}/version") or {}).get("etcdserver")),
+            "kubernetes": str(version.get("gitVersion")),
+            "etcd": str(etcd_version.get("etcdserver")),
         }
         if self._crd_paths:
             self.install_crds(*self._crd_paths)
@@ -943,6 +704,10 @@ class KubeApiServer:
     def _start_apiserver(self) -> _Process:
         assert self.binaries is not None
         pki = self.workdir / "pki"
+        # No --tls-cert-file: kube-apiserver generates a CA and a serving certificate for
+        # 127.0.0.1 and its service IP into --cert-dir (apiserver.crt = certificate + CA).
+        # Its key is written before the service-account key is read, so it signs the tokens too.
+        key = pki / "apiserver.key"
         return self._spawn(
             "kube-apiserver",
             self.binaries.kube_apiserver,
@@ -952,14 +717,12 @@ class KubeApiServer:
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={self.port}",
                 f"--cert-dir={pki}",
-                f"--tls-cert-file={pki / 'serving.crt'}",
-                f"--tls-private-key-file={pki / 'serving.key'}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=RBAC",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--service-cluster-ip-range=10.0.0.0/24",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-account-key-file={key}",
+                f"--service-account-signing-key-file={key}",
                 "--allow-privileged=true",
                 # As envtest: no controller creates the default ServiceAccount of namespaces.
                 "--disable-admission-plugins=ServiceAccount",
@@ -980,8 +743,8 @@ class KubeApiServer:
                     f"({self.binaries.source}) and controller_manager=True"
                 )
             return
-        pki = self.workdir / "pki"
         kubeconfig = str(self.admin_kubeconfig)
+        cert_dir = self.workdir / "kcm"  # it generates its own serving certificate there
         kcm = self._spawn(
             "kube-controller-manager",
             binary,
@@ -991,22 +754,17 @@ class KubeApiServer:
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.kcm_port}",
-                f"--tls-cert-file={pki / 'serving.crt'}",
-                f"--tls-private-key-file={pki / 'serving.key'}",
-                f"--cert-dir={pki}",
+                f"--cert-dir={cert_dir}",
                 "--leader-elect=false",
                 f"--controllers={','.join(self._controllers)}",
                 "--use-service-account-credentials=false",
                 "--profiling=false",
             ],
         )
+        healthz = f"https://127.0.0.1:{self.kcm_port}/healthz"
+        cert = cert_dir / "kube-controller-manager.crt"
         self._wait(
-            kcm,
-            "did not become healthy",
-            lambda: (
-                self._get_json(f"https://127.0.0.1:{self.kcm_port}/healthz", raw=True) is not None
-            ),
-            f"https://127.0.0.1:{self.kcm_port}/healthz",
+            kcm, "did not become healthy", lambda: self._get(healthz, cert) is not None, healthz
         )
         self.controller_manager_running = True
 
@@ -1022,72 +780,64 @@ class KubeApiServer:
                 raise proc.failure(f"{what} within {self._timeout:.0f}s at {target}; its log says")
             time.sleep(_POLL)
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def _get_json(self, url: str, *, raw: bool = False) -> Any:
-        """GET url (admin token over TLS for https); None on any error."""
+    def _get(self, url: str, ca_file: Path | None = None) -> bytes | None:
+        """GET url (https: with the admin token, trusting ca_file); None on any error."""
         request = urllib.request.Request(url)  # noqa: S310 - our own loopback servers
         context = None
         if url.startswith("https://"):
+            if ca_file is None or not ca_file.is_file():
+                return None  # not written yet
             request.add_header("Authorization", f"Bearer {self.admin_token}")
-            context = self._ssl_context()
+            context = ssl.create_default_context(cafile=str(ca_file))
         try:
             with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310
-                body = response.read()
-        except (OSError, urllib.error.URLError, ssl.SSLError):
-            return None
-        if raw:
-            return body
-        try:
-            return json.loads(body)
-        except ValueError:
+                return bytes(response.read())
+        except (OSError, ssl.SSLError):
             return None
 
     def _etcd_healthy(self) -> bool:
-        health = self._get_json(f"{self.etcd_url}/health")
-        return isinstance(health, dict) and health.get("health") == "true"
-
-    def _apiserver_ready(self) -> bool:
-        return self._get_json(f"{self.url}/readyz", raw=True) is not None
+        with contextlib.suppress(ValueError, TypeError):
+            return bool(json.loads(self._get(f"{self.etcd_url}/health") or b"")["health"] == "true")
+        return False
 
     def _wait_crds_served(self, api: Any, names: Sequence[str]) -> None:
         from kubernetes import client
 
         ext = client.ApiextensionsV1Api(api)
+
+        def served(name: str) -> bool:
+            crd = ext.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            plural, group = crd.spec.names.plural, crd.spec.group
+            return conditions.get("Established") == "True" and all(
+                self._get(f"{self.url}/apis/{group}/{v.name}/{plural}?limit=1", self.ca_file)
+                for v in crd.spec.versions
+                if v.served
+            )
+
         for name in names:
-
-            def served(name: str = name) -> bool:
-                crd = ext.read_custom_resource_definition(name)
-                conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-                if conditions.get("Established") != "True":
-                    return False
-                plural, group = crd.spec.names.plural, crd.spec.group
-                for version in crd.spec.versions:
-                    if version.served and (
-                        self._get_json(f"{self.url}/apis/{group}/{version.name}/{plural}?limit=1")
-                        is None
-                    ):
-                        return False
-                return True
-
-            _poll_until(served, self._timeout, f"CustomResourceDefinition {name} to be served")
+            deadline = time.monotonic() + self._timeout
+            while not served(name):
+                if time.monotonic() > deadline:
+                    raise KubeStartupError(
+                        f"timed out after {self._timeout:.0f}s waiting for "
+                        f"CustomResourceDefinition {name} to be served"
+                    )
+                time.sleep(_POLL)
 
 
-def _poll_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise KubeStartupError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(_POLL)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def _kubeconfig(url: str, ca_data: str, user: str, token: str) -> dict[str, Any]:
+    cluster, context = "keyrotor-envtest", f"keyrotor-envtest-{user}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": cluster, "cluster": {"server": url, "certificate-authority-data": ca_data}}
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
+        "current-context": context,
+    }
 
 
 def _load_documents(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
@@ -1103,9 +853,7 @@ def _load_documents(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, A
     documents: list[dict[str, Any]] = []
     for file in files:
         for document in yaml.safe_load_all(file.read_text()):
-            if not isinstance(document, dict) or not document.get("kind"):
-                continue
-            if document["kind"] == "Kustomization":
+            if not isinstance(document, dict) or document.get("kind") in (None, "Kustomization"):
                 continue
             if document["kind"].endswith("List") and "items" in document:
                 documents += [d for d in document["items"] if isinstance(d, dict)]
@@ -1114,31 +862,20 @@ def _load_documents(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, A
     return documents
 
 
-# --------------------------------------------------------------------------------------------
-# python -m keyrotor.sandbox.kube build|run
-# --------------------------------------------------------------------------------------------
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m keyrotor_sandbox.kube``: start one, print its kubeconfigs, wait for Ctrl-C."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m keyrotor.sandbox.kube")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build or find the binaries; print their folder")
-    run = sub.add_parser("run", help="start the API server; print kubeconfigs; wait for Ctrl-C")
-    run.add_argument("--crds", action="append", help="CRD file or folder (repeatable)")
-    run.add_argument("--no-controller-manager", action="store_true")
+    parser = argparse.ArgumentParser(prog="python -m keyrotor_sandbox.kube")
+    parser.add_argument("--crds", action="append", help="CRD file or folder (repeatable)")
+    parser.add_argument("--no-controller-manager", action="store_true")
     args = parser.parse_args(argv)
+    kube = KubeApiServer(
+        crds=args.crds, controller_manager=False if args.no_controller_manager else None
+    )
     try:
-        if args.command == "build":
-            print(ensure_binaries().directory)
-            return 0
-        kube = KubeApiServer(
-            crds=args.crds, controller_manager=False if args.no_controller_manager else None
-        )
         with kube:
-            print(f"url: {kube.url}")
-            print(f"versions: {kube.versions}")
+            print(f"url: {kube.url}  versions: {kube.versions}")
             print(f"admin kubeconfig: {kube.admin_kubeconfig}")
             print(f"operator kubeconfig: {kube.operator_kubeconfig}")
             print(f"started in {kube.startup_seconds:.1f}s; Ctrl-C stops", flush=True)

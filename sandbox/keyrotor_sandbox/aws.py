@@ -5,7 +5,9 @@ layer around moto's application. That layer and the moto patches in this module 
 where the emulator departs from plain moto. Each departure restores what AWS does where moto 5.2.5
 differs in a way that would make our tests lie, and each has its own test in
 ``tests/integration/test_aws_emulator.py`` (named below). Doc paths are under
-https://docs.aws.amazon.com/.
+https://docs.aws.amazon.com/. The patches reach into moto's internals, so moto is pinned to
+exactly that release (:data:`MOTO_VERSION`, sandbox/pyproject.toml); ``tests/unit/
+test_packaging.py`` fails on any other.
 
 1. Rotation runs the uploaded Lambda.
    moto:     RotateSecret invokes the function through Docker, synchronously, then moves
@@ -77,16 +79,52 @@ https://docs.aws.amazon.com/.
              last date and time that Secrets Manager rotated the secret")
    test:     test_last_rotated_date_is_recorded_after_awscurrent_moves
 
+9. The credential report is AWS's.
+   moto:     GetCredentialReport builds the CSV anew at each call (a key deleted a second ago is
+             already gone) with GeneratedTime always 2015-02-02T20:02:02Z; GenerateCredentialReport
+             answers STARTED once, then COMPLETE, and never generates again; it is never in
+             progress; there is no row for the root user; access_key_N_last_used_region and
+             _service are "not_supported"; password columns carry dates without a password.
+   restored: GenerateCredentialReport takes a snapshot (STARTED) when there is no report or the
+             last one is older than four hours, answers INPROGRESS while it is being generated
+             (:attr:`AwsEmulator.credential_report_seconds`, default 0) and COMPLETE otherwise,
+             without generating again. GetCredentialReport answers ReportNotPresent before the
+             first report, ReportInProgress (404) during generation, then the snapshot with the
+             time it was taken as GeneratedTime. The snapshot has the root user's row first
+             (``<root_account>``), then one row per user with AWS's 22 columns: each existing key
+             in a slot (in creation order), its status, its CreateDate (to the second) as
+             last_rotated, and its last use (date, region, service) or N/A; password columns N/A
+             without a password. :meth:`AwsEmulator.age_credential_report` dates the report back
+             (tests cannot wait four hours).
+   doc:      IAM/latest/UserGuide/id_credentials_getting-report.html,
+             IAM/latest/APIReference/API_GenerateCredentialReport.html, API_GetCredentialReport.html
+   tests:    test_credential_report_has_awss_rows_and_columns,
+             test_credential_report_is_a_snapshot_regenerated_after_four_hours,
+             test_credential_report_is_in_progress_while_generated
+10. Keys can be aged (test support: AWS's keys age only with time).
+   moto:     a key's CreateDate and last use are "now" when it is created or used.
+   restored: :meth:`AwsEmulator.age_access_key` sets a key's CreateDate (ListAccessKeys, the
+             credential report's last_rotated) and its last use (GetAccessKeyLastUsed, the
+             report's last_used_date/region/service) to given past times, so a test can hold keys
+             1, 89, 91 or 400 days old.
+   doc:      IAM/latest/APIReference/API_AccessKeyMetadata.html, API_AccessKeyLastUsed.html
+   test:     test_age_access_key_sets_create_date_and_last_use
+
 Not restored (left as moto does it): authorization (IAM policies are not evaluated), the
 rotation window (Duration is stored and reported, rotations start when asked), NextRotationDate for
-cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too.
+cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too; the credential
+report never expires (ReportExpired: AWS does not say after how long), a key's last use is
+recorded at every request (AWS records the first use in each 15 minutes), and which slot a key
+takes after the other one was deleted is not documented by AWS (keyrotor matches keys to slots by
+creation time, never by slot number).
 
 The access key id ``testing`` (:data:`ROOT_ACCESS_KEY_ID`) stands for the account's
 administrator, the operator and the Lambda's execution role; it is not checked.
 
 Test support: :attr:`AwsEmulator.calls` records every API call the server handled,
 :attr:`AwsEmulator.faults` injects failures at the HTTP layer in each service's wire protocol,
-:meth:`AwsEmulator.wait_for_rotations` waits for the background rotations.
+:meth:`AwsEmulator.wait_for_rotations` waits for the background rotations,
+:meth:`AwsEmulator.reset` empties the account.
 
 The in-process Lambda never reads or writes ``os.environ`` per invocation: its module's ``boto3``
 is bound to a session of its own (the Lambda role's key, the region, this server's endpoint), so
@@ -97,6 +135,7 @@ when ``fast_test_backoff`` is true.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -107,6 +146,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -131,6 +171,9 @@ from werkzeug.serving import make_server
 
 logger = logging.getLogger(__name__)
 
+# The moto release every fix below was written and checked against. Changing moto means checking
+# each numbered fix again (its test, and the test that shows plain moto still needs it).
+MOTO_VERSION = "5.2.5"
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
 ROOT_ACCESS_KEY_ID = "testing"
@@ -421,6 +464,25 @@ def _install_moto_patches() -> None:
                 result["LastRotatedDate"] = self.last_rotation_date
             return result
 
+        from moto.iam.responses import IamResponse
+
+        original_generate = IamResponse.generate_credential_report
+        original_get = IamResponse.get_credential_report
+
+        def generate_credential_report(self: Any) -> Any:
+            emulator = _active()
+            if emulator is None:
+                return original_generate(self)
+            return emulator._generate_credential_report(self.backend)
+
+        def get_credential_report(self: Any) -> Any:
+            emulator = _active()
+            if emulator is None:
+                return original_get(self)
+            return emulator._get_credential_report(self.backend)
+
+        setattr(IamResponse, "generate_credential_report", generate_credential_report)  # noqa: B010
+        setattr(IamResponse, "get_credential_report", get_credential_report)  # noqa: B010
         setattr(backend_cls, "rotate_secret", rotate_secret)  # noqa: B010
         setattr(backend_cls, "update_secret_version_stage", update_secret_version_stage)  # noqa: B010
         setattr(backend_cls, "list_secret_version_ids", list_secret_version_ids)  # noqa: B010
@@ -470,6 +532,124 @@ def _validate_rules(rules: Mapping[str, Any]) -> None:
                 raise InvalidParameterException(
                     "The rotation interval must be between 4 hours and 1000 days."
                 )
+
+
+# --- the credential report (fix 9) ---------------------------------------------------------------
+
+CREDENTIAL_REPORT_REGENERATION = timedelta(hours=4)
+CREDENTIAL_REPORT_COLUMNS = [
+    "user",
+    "arn",
+    "user_creation_time",
+    "password_enabled",
+    "password_last_used",
+    "password_last_changed",
+    "password_next_rotation",
+    "mfa_active",
+    "access_key_1_active",
+    "access_key_1_last_rotated",
+    "access_key_1_last_used_date",
+    "access_key_1_last_used_region",
+    "access_key_1_last_used_service",
+    "access_key_2_active",
+    "access_key_2_last_rotated",
+    "access_key_2_last_used_date",
+    "access_key_2_last_used_region",
+    "access_key_2_last_used_service",
+    "cert_1_active",
+    "cert_1_last_rotated",
+    "cert_2_active",
+    "cert_2_last_rotated",
+]
+
+
+@dataclass
+class _CredentialReport:
+    generated: datetime
+    ready: datetime
+    content: str
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """moto keeps IAM times as naive UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _report_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "N/A"
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _key_columns(key: Any) -> list[str]:
+    if key is None:
+        return ["false", "N/A", "N/A", "N/A", "N/A"]
+    used = key.last_used
+    when = getattr(used, "timestamp", used)  # AccessKeyLastUsed, or a datetime set by hand
+    return [
+        _flag(key.status == "Active"),
+        _report_time(key.create_date),
+        _report_time(when),
+        (getattr(used, "region", None) or "N/A") if used else "N/A",
+        (getattr(used, "service", None) or "N/A") if used else "N/A",
+    ]
+
+
+def _credential_report_csv(backend: Any, account_created: datetime) -> str:
+    """The report as AWS writes it, as of now: the root user first, then every user."""
+    lines = [CREDENTIAL_REPORT_COLUMNS]
+    lines.append(
+        [
+            "<root_account>",
+            f"arn:aws:iam::{backend.account_id}:root",
+            _report_time(account_created),
+            "not_supported",
+            "no_information",
+            "not_supported",
+            "not_supported",
+            "false",
+            *_key_columns(None),
+            *_key_columns(None),
+            "false",
+            "N/A",
+            "false",
+            "N/A",
+        ]
+    )
+    for user in list(backend.users.values()):
+        keys = [*user.access_keys[:2], None, None][:2]
+        certs = list(user.signing_certificates.values())[:2]
+        password = bool(user.password)
+        lines.append(
+            [
+                user.name,
+                user.arn,
+                _report_time(user.create_date),
+                _flag(password),
+                (
+                    _report_time(user.password_last_used)
+                    if user.password_last_used
+                    else "no_information"
+                )
+                if password
+                else "N/A",
+                _report_time(user.create_date) if password else "N/A",
+                "N/A",
+                _flag(bool(user.mfa_devices)),
+                *_key_columns(keys[0]),
+                *_key_columns(keys[1]),
+                _flag(len(certs) > 0 and certs[0].status == "Active"),
+                "N/A",
+                _flag(len(certs) > 1 and certs[1].status == "Active"),
+                "N/A",
+            ]
+        )
+    return "".join(",".join(line) + "\n" for line in lines)
 
 
 # --- the WSGI layer ------------------------------------------------------------------------------
@@ -718,12 +898,24 @@ class AwsEmulator:
         self.endpoint_url = ""
         # Seconds between finishSecret (AWSCURRENT moved) and LastRotatedDate being recorded.
         self.record_rotation_delay = 0.0
+        # Seconds a credential report takes to generate (INPROGRESS meanwhile); fix 9.
+        self.credential_report_seconds = 0.0
+        self._credential_reports: dict[str, _CredentialReport] = {}
+        self._started_at = datetime.now(UTC)
 
     # lifecycle
 
     def start(self) -> Self:
         if self._server is not None:
             return self
+        installed = importlib.metadata.version("moto")
+        if installed != MOTO_VERSION:
+            logger.warning(
+                "moto %s is installed; the emulator's fixes were written against moto %s "
+                "(pip install -e ./sandbox installs it)",
+                installed,
+                MOTO_VERSION,
+            )
         _install_moto_patches()
         if self._fast_test_backoff:
             for name, value in _FAST_TEST_BACKOFF.items():
@@ -820,6 +1012,98 @@ class AwsEmulator:
                 )
                 started.append(secret.arn)
         return started
+
+    def reset(self) -> None:
+        """An empty account: every service emptied (moto's /moto-api/reset), no credential
+        report. Waits for running rotations first."""
+        self.wait_for_rotations()
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310 (loopback)
+        urllib.request.urlopen(request, timeout=30).close()  # noqa: S310 (loopback)
+        with self._lock:
+            self._credential_reports.clear()
+
+    def age_access_key(
+        self,
+        access_key_id: str,
+        *,
+        created: datetime | None = None,
+        last_used: datetime | None = None,
+        service: str = "sts",
+    ) -> None:
+        """Date a key back (fix 10): its CreateDate and/or its last use (by ``service``)."""
+        from moto.iam.models import AccessKeyLastUsed, iam_backends
+
+        with self._lock:
+            key = next(
+                (
+                    key
+                    for account in list(iam_backends.values())
+                    for key in list(account["aws"].access_keys.values())
+                    if key.access_key_id == access_key_id
+                ),
+                None,
+            )
+            if key is None:
+                raise KeyError(f"no access key {access_key_id}")
+            if created is not None:
+                key.create_date = _naive_utc(created)
+            if last_used is not None:
+                key.last_used = AccessKeyLastUsed(
+                    timestamp=_naive_utc(last_used), service=service, region=self.region
+                )
+
+    def age_credential_report(self, by: timedelta, account_id: str = ACCOUNT_ID) -> None:
+        """Date the account's credential report back by ``by`` (fix 9)."""
+        with self._lock:
+            report = self._credential_reports.get(account_id)
+            if report is None:
+                raise KeyError(f"account {account_id} has no credential report")
+            report.generated -= by
+            report.ready -= by
+
+    # internals: the credential report (fix 9)
+
+    def _generate_credential_report(self, backend: Any) -> Any:
+        from moto.core.responses import ActionResult
+
+        now = datetime.now(UTC)
+        report = self._credential_reports.get(backend.account_id)
+        if report is not None and now < report.ready:
+            return ActionResult({"State": "INPROGRESS"})
+        if report is not None and now - report.generated <= CREDENTIAL_REPORT_REGENERATION:
+            return ActionResult({"State": "COMPLETE"})
+        self._credential_reports[backend.account_id] = _CredentialReport(
+            generated=now,
+            ready=now + timedelta(seconds=self.credential_report_seconds),
+            content=_credential_report_csv(backend, self._started_at),
+        )
+        return ActionResult(
+            {
+                "State": "STARTED",
+                "Description": "No report exists. Starting a new report generation task",
+            }
+        )
+
+    def _get_credential_report(self, backend: Any) -> Any:
+        from moto.core.responses import ActionResult
+        from moto.iam.exceptions import IAMException, ReportNotPresentException
+
+        report = self._credential_reports.get(backend.account_id)
+        if report is None:
+            raise ReportNotPresentException("Credential report not present")
+        if datetime.now(UTC) < report.ready:
+
+            class ReportInProgress(IAMException):
+                code = "ReportInProgress"
+
+            raise ReportInProgress("The credential report is still being generated.")
+        return ActionResult(
+            {
+                "Content": report.content,
+                "ReportFormat": "text/csv",
+                "GeneratedTime": report.generated.replace(microsecond=0),
+            }
+        )
 
     # internals: authentication
 

@@ -1,7 +1,7 @@
 """``keyrotor demo``: the whole rotation loop on this machine, shown as it happens.
 
-Emulated AWS (moto, made to behave like AWS: keyrotor.sandbox.aws) and a real Kubernetes API
-server (etcd + kube-apiserver: keyrotor.sandbox.kube), both on loopback; the operator runs as
+Emulated AWS (moto, made to behave like AWS: keyrotor_sandbox.aws) and a real Kubernetes API
+server (etcd + kube-apiserver: keyrotor_sandbox.kube), both on loopback; the operator runs as
 ``keyrotor run`` in its own process with its own RBAC identity. Nothing reaches real AWS.
 """
 
@@ -22,9 +22,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from keyrotor.model import GROUP, PLURAL, VERSION
-from keyrotor.sandbox.aws import AwsEmulator
-from keyrotor.sandbox.kube import KubeApiServer, repo_root
-from keyrotor.sandbox.operator import OperatorProcess
+from keyrotor_sandbox.aws import AwsEmulator
+from keyrotor_sandbox.kube import KubeApiServer, repo_root
+from keyrotor_sandbox.operator import OperatorProcess
 
 NAMESPACE = "demo"
 NAME = "billing-exporter"
@@ -76,7 +76,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:  # the in-process Lambda logs at INFO
         handler.setLevel(logging.WARNING)
-    for noisy in ("werkzeug", "lambda_function", "keyrotor.sandbox"):
+    for noisy in ("werkzeug", "lambda_function", "keyrotor_sandbox"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         run_demo()
