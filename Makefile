@@ -8,14 +8,32 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# checkov (the infrastructure-as-code scanner of tests/unit/test_install_scanners.py) in a
+# virtualenv of its own: its pins (urllib3, packaging, ...) must not move the operator's.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
 
-.PHONY: demo test lint unit envtest helm bench clean
+.PHONY: demo test lint unit envtest helm bench clean scan-tools lock
 
 $(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,lint]' -e ./sandbox
 	touch $(STAMP)
+
+$(SCAN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet --upgrade pip
+	$(SCAN_VENV)/bin/pip install --quiet "$$($(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["keyrotor"]["scan-tools"])')"
+	touch $(SCAN_STAMP)
+
+scan-tools: $(SCAN_STAMP)
+
+# requirements.lock: the image's dependencies with their hashes, from pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-header \
+	  --build-deps-for wheel --no-emit-find-links --output-file requirements.lock pyproject.toml
 
 envtest:
 	@if [ -z "$$KUBEBUILDER_ASSETS" ]; then $(MAKE) --no-print-directory -C tests/envtest; fi
@@ -30,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator sandbox tests
 	$(BIN)/mypy
 
-test: $(STAMP) envtest helm lint
+test: $(STAMP) envtest helm lint scan-tools
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
@@ -40,4 +58,4 @@ bench: $(STAMP) envtest
 	$(BIN)/python -m tests.bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache .mypy_cache .ruff_cache

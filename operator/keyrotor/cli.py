@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Conflict or AccessDenied is checked again",
     )
     run.add_argument(
+        "--installation-recheck",
+        default=_env("INSTALLATION_RECHECK", "900"),
+        help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
+    )
+    run.add_argument(
         "--lambda-role-arn",
         default=_env("LAMBDA_ROLE_ARN"),
         help="use this execution role for the rotation Lambda instead of creating one",
@@ -95,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_env("HEALTH_PORT", "0"),
         help="serve the liveness probe /healthz on this port (0: off)",
+    )
+    run.add_argument(
+        "--bind-address",
+        default=_env("BIND_ADDRESS", "127.0.0.1"),
+        help="IP address the metrics and health endpoints listen on (0.0.0.0: every interface)",
     )
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
@@ -151,11 +161,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
+        installation_recheck=parse_interval_setting(
+            "--installation-recheck", str(args.installation_recheck)
+        ),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
         kms_keys=tuple(kms_keys),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        bind_address=args.bind_address,
         log_format=args.log_format,
         leader_elect=bool(args.leader_elect),
         leader_election_namespace=args.leader_election_namespace or None,

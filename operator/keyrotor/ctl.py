@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from keyrotor.conditions import find_condition
 from keyrotor.model import (
     GROUP,
     KIND,
@@ -24,7 +25,6 @@ from keyrotor.model import (
     VERSION,
     ConditionType,
     Reason,
-    find_condition,
 )
 
 EVENTS_SHOWN = 10

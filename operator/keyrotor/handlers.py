@@ -11,10 +11,8 @@ from typing import Any
 
 import kopf
 
-from keyrotor import reconcile
-from keyrotor.k8s.secrets import data_hash
+from keyrotor import deletion, reconcile, sync
 from keyrotor.model import (
-    DATA_HASH_ANNOTATION,
     FINALIZER,
     GROUP,
     MANAGED_BY_LABEL,
@@ -22,12 +20,10 @@ from keyrotor.model import (
     OWNER_NAME_LABEL,
     PLURAL,
     VERSION,
-    VERSION_ID_ANNOTATION,
-    Claim,
-    holds_claim,
 )
-from keyrotor.runtime import Runtime
+from keyrotor.runtime import Runtime, claim_key
 from keyrotor.sync import SyncLoop
+from keyrotor.tenancy import Claim, holds_claim
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
@@ -69,10 +65,9 @@ def claims_by_user(
     meta: kopf.Meta,
     **_: Any,
 ) -> dict[str, Claim]:
-    namespace = namespace or ""
     return {
-        str(spec.get("iamUser", "")): Claim(
-            namespace=namespace,
+        claim_key(str(spec.get("iamUser", ""))): Claim(
+            namespace=namespace or "",
             name=name,
             uid=uid,
             created=str(meta.get("creationTimestamp", "")),
@@ -84,18 +79,17 @@ def claims_by_user(
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-def reconcile_object(*, body: kopf.Body, spec: kopf.Spec, memo: Any, **kwargs: Any) -> None:
-    claims_by_user: kopf.Index[str, Claim] = kwargs["claims_by_user"]
-    claims = list(claims_by_user.get(str(spec.get("iamUser", "")), []))
-    outcome = reconcile.reconcile(memo.runtime, _plain(body), claims)
-    if outcome.retry_after is not None:
-        message = outcome.ready.message if outcome.ready else "not yet"
-        raise kopf.TemporaryError(message, delay=outcome.retry_after)
+def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    """Decide about the object now. Waits and retries are the sync loop's (the index says when),
+    so nothing here raises for an expected wait."""
+    runtime: Runtime = memo.runtime
+    runtime.claims_index = kwargs["claims_by_user"]
+    reconcile.converge(runtime, namespace or "", name)
 
 
 @kopf.on.delete(*RESOURCE)
 def finalize_object(*, body: kopf.Body, memo: Any, **_: Any) -> None:
-    reconcile.finalize(memo.runtime, _plain(body))
+    deletion.finalize(memo.runtime, _plain(body))
 
 
 @kopf.on.event("v1", "secrets", labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE})
@@ -110,16 +104,9 @@ def target_secret_changed(
     """Put back a mirrored Secret that someone edited or deleted."""
     runtime: Runtime | None = getattr(memo, "runtime", None)
     owner = (body.get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
-    entry = runtime.index.get(namespace, owner) if runtime and owner and namespace else None
-    if runtime is None or entry is None or not entry.active or entry.secret_arn is None:
+    if runtime is None or not owner or not namespace:
         return
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    intact = annotations.get(VERSION_ID_ANNOTATION) == entry.mirrored_version and annotations.get(
-        DATA_HASH_ANNOTATION
-    ) == data_hash(dict(body.get("data") or {}))
-    if type != "DELETED" and intact:
-        return  # our own write, or a change that left the key alone
-    SyncLoop(runtime).repair(entry)
+    sync.target_secret_changed(runtime, namespace, owner, _plain(body), deleted=type == "DELETED")
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
@@ -129,4 +116,5 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
         "metadata": dict(body.get("metadata", {})),
         "spec": dict(body.get("spec", {})),
         "status": dict(body.get("status", {})),
+        "data": dict(body.get("data", {})),
     }

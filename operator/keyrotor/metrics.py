@@ -46,6 +46,10 @@ INSTALLATION_ENSURED = Counter(
     "keyrotor_installation_ensured_total",
     "Times the shared role, Lambda and permission were ensured",
 )
+RETRIES = Counter(
+    "keyrotor_retries_total", "Failed decisions scheduled again with backoff (per object)"
+)
+BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 SYNC_SWEEP_SECONDS = Histogram(
     "keyrotor_sync_sweep_duration_seconds",

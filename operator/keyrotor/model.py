@@ -1,4 +1,4 @@
-"""The typed spec, conditions and constants of AccessKeyRotation. No I/O here.
+"""The typed spec, reasons and constants of AccessKeyRotation. No I/O here.
 
 The spec is parsed once into frozen dataclasses; defaults are applied here, in code, never by the
 API server (server-side defaults make GitOps tools show objects as permanently out of sync), and
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from enum import Enum
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 GROUP = "keyrotor.io"
@@ -78,6 +77,7 @@ class Reason:
     READY = "Ready"
     INVALID_SPEC = "InvalidSpec"
     NOT_AUTHORIZED = "NotAuthorized"
+    KMS_KEY_NOT_ALLOWED = "KmsKeyNotAllowed"
     CONFLICT = "Conflict"
     USER_NOT_FOUND = "UserNotFound"
     ACCESS_DENIED = "AccessDenied"
@@ -87,7 +87,7 @@ class Reason:
     ROTATION_REQUESTED = "RotationRequested"
     ROTATION_PENDING = "RotationPending"
     ROTATION_STUCK = "RotationStuck"
-    ROTATION_FAILED = "RotationFailed"
+    ROTATION_FAILED = "RotationFailed"  # Secrets Manager refused a rotation keyrotor asked for
     SYNCED = "Synced"
     SYNC_FAILED = "SyncFailed"
     SECRET_REPAIRED = "SecretRepaired"
@@ -346,190 +346,4 @@ def parse_spec(
         previous_key_action=action,
         previous_key_after=after,
         suspend=bool(spec.get("suspend", False)),
-    )
-
-
-# --- Conditions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: bool
-    reason: str
-    message: str
-
-    @property
-    def status_text(self) -> str:
-        return "True" if self.status else "False"
-
-
-def isoformat(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def merge_conditions(
-    existing: Sequence[Mapping[str, Any]],
-    updates: Sequence[Condition],
-    *,
-    generation: int | None,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """Set conditions by type; lastTransitionTime moves only when the status flips.
-
-    Ready is kept first, then the others in a stable order.
-    """
-    by_type: dict[str, dict[str, Any]] = {str(c.get("type")): dict(c) for c in existing or ()}
-    for update in updates:
-        old = by_type.get(update.type)
-        transition = (
-            old["lastTransitionTime"]
-            if old and old.get("status") == update.status_text and old.get("lastTransitionTime")
-            else isoformat(now)
-        )
-        entry: dict[str, Any] = {
-            "type": update.type,
-            "status": update.status_text,
-            "reason": update.reason,
-            "message": update.message,
-            "lastTransitionTime": transition,
-        }
-        if generation is not None:
-            entry["observedGeneration"] = generation
-        by_type[update.type] = entry
-    order = [ConditionType.READY, ConditionType.ROTATION_CONFIGURED, ConditionType.SYNCED]
-    ordered = [by_type.pop(t) for t in order if t in by_type]
-    return ordered + [by_type[t] for t in sorted(by_type)]
-
-
-def find_condition(
-    conditions: Sequence[Mapping[str, Any]] | None, type_: str
-) -> Mapping[str, Any] | None:
-    for condition in conditions or ():
-        if condition.get("type") == type_:
-            return condition
-    return None
-
-
-# --- Tenancy ------------------------------------------------------------------------------------
-
-
-def namespaces_from_tag(value: str) -> set[str]:
-    return {part for part in re.split(r"[,\s]+", value) if part}
-
-
-def authorization_problem(
-    *, namespace: str, iam_user: str, user_tags: Mapping[str, str], allowed_by_flag: bool
-) -> str | None:
-    """None when namespace may claim iam_user; otherwise a message that says what to add."""
-    if allowed_by_flag:
-        return None
-    listed = namespaces_from_tag(user_tags.get(NAMESPACES_TAG, ""))
-    if "*" in listed or namespace in listed:
-        return None
-    current = user_tags.get(NAMESPACES_TAG)
-    hint = (
-        f"the tag is {current!r}; add {namespace!r} to it"
-        if current is not None
-        else f"add the tag {NAMESPACES_TAG}={namespace}"
-    )
-    return (
-        f"IAM user {iam_user!r} does not allow namespace {namespace!r}: {hint} on the IAM user "
-        f"(aws iam tag-user --user-name {iam_user} --tags Key={NAMESPACES_TAG},Value=...), "
-        f"or start keyrotor with --allow {namespace}:{iam_user}"
-    )
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One object's claim on an IAM user, as held in the in-memory index."""
-
-    namespace: str
-    name: str
-    uid: str
-    created: str  # creationTimestamp; the oldest claim wins
-    holding: bool = False  # already admitted: it has a secret and is not refused as a Conflict
-
-
-def holds_claim(status: Mapping[str, Any]) -> bool:
-    """The object already works for its IAM user (its status says so)."""
-    ready = find_condition(status.get("conditions"), ConditionType.READY)
-    refused = ready is not None and ready.get("reason") == Reason.CONFLICT
-    return bool(status.get("secretArn")) and not refused
-
-
-def conflicting_claim(me: Claim, claims: Sequence[Claim]) -> Claim | None:
-    """The claim that wins over mine for the same IAM user, if any.
-
-    A claim already held wins, then the oldest, then the lowest uid. creationTimestamp has
-    one-second resolution: without the first rule, an object created in the same second as the
-    one already at work could win by its uid and both would rotate the same user.
-    """
-    me = next((c for c in claims if c.uid == me.uid), me)  # the index knows whether I hold it
-    others = [c for c in claims if c.uid != me.uid]
-    winner = min([me, *others], key=lambda c: (not c.holding, c.created, c.uid))
-    return None if winner.uid == me.uid else winner
-
-
-class ClaimDecision(Enum):
-    MINE = "Mine"  # the user's claim tag names this object
-    FREE = "Free"  # no claim, or a stale one of this installation: may be taken
-    TAKEN = "Taken"  # another live object (or another installation) holds it
-
-
-def claim_value(cluster: str, uid: str) -> str:
-    return f"{cluster}/{uid}"
-
-
-def claim_decision(*, mine: str, held: str | None, live_uids: set[str]) -> ClaimDecision:
-    """Read the IAM user's claim tag. It is the authority on who rotates the user: the
-    in-memory index cannot see objects that are not indexed yet, nor other installations."""
-    if held == mine:
-        return ClaimDecision.MINE
-    if held is None:
-        return ClaimDecision.FREE
-    held_cluster, _, held_uid = held.rpartition("/")
-    my_cluster = mine.rpartition("/")[0]
-    if held_cluster == my_cluster and held_uid not in live_uids:
-        return ClaimDecision.FREE  # its object is gone (deleted without its finalizer)
-    return ClaimDecision.TAKEN
-
-
-@dataclass
-class Observed:
-    """What the AWS side looks like for one object (from DescribeSecret)."""
-
-    arn: str
-    current_version: str | None
-    pending_versions: list[str] = field(default_factory=list)
-    versions: list[str] = field(default_factory=list)  # every version that carries a stage
-    rotation_enabled: bool = False
-    rotation_lambda_arn: str | None = None
-    rotation_rules: Mapping[str, Any] = field(default_factory=dict)
-    last_rotated: datetime | None = None
-    next_rotation: datetime | None = None
-    deleted: bool = False
-    tags: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def stuck_pending(self) -> list[str]:
-        """AWSPENDING on a version that is not AWSCURRENT: a rotation started and not finished."""
-        return [v for v in self.pending_versions if v != self.current_version]
-
-
-def desired_rotation_rules(spec: Spec) -> dict[str, Any]:
-    rules: dict[str, Any] = {"ScheduleExpression": spec.schedule_expression}
-    if spec.window:
-        rules["Duration"] = spec.window
-    return rules
-
-
-def rotation_config_matches(spec: Spec, observed: Observed, lambda_arn: str) -> bool:
-    rules = dict(observed.rotation_rules)
-    wanted = desired_rotation_rules(spec)
-    return (
-        observed.rotation_enabled
-        and observed.rotation_lambda_arn == lambda_arn
-        and rules.get("ScheduleExpression") == wanted["ScheduleExpression"]
-        and rules.get("Duration") == wanted.get("Duration")
     )

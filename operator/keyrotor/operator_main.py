@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 from functools import partial
@@ -14,6 +15,7 @@ import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
+from keyrotor.installation import Installation, Target
 from keyrotor.k8s.client import KubeApis
 from keyrotor.k8s.events import post_event
 from keyrotor.k8s.leader_election import LeaderElector, default_identity, default_namespace
@@ -45,12 +47,12 @@ def make_runtime(settings: Settings) -> Runtime:
         kube = KubeApis.create()
     except Exception as exc:
         raise StartupError(f"cannot load a Kubernetes configuration: {exc}") from None
+    target = Target(account_id=str(identity["Account"]), partition=arn.split(":")[1])
     return Runtime(
         settings=settings,
         aws=aws,
         kube=kube,
-        account_id=str(identity["Account"]),
-        partition=arn.split(":")[1],
+        installation=Installation(settings, aws, target),
         emit=partial(_post_and_count_event, kube),
     )
 
@@ -67,7 +69,7 @@ class _StandbyHealth:
     """``/healthz`` while this replica waits for the Lease (kopf's liveness endpoint starts only
     with the operator): a standby is alive, and must not be restarted by its liveness probe."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, address: str, port: int) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 code = 200 if self.path.split("?")[0] == "/healthz" else 404
@@ -79,7 +81,10 @@ class _StandbyHealth:
             def log_message(self, *_: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+        self.server = Server((address, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -101,7 +106,11 @@ def elect_leader(settings: Settings) -> LeaderElector:
         renew_deadline=settings.renew_deadline,
         retry_period=settings.retry_period,
     )
-    health = _StandbyHealth(settings.health_port) if settings.health_port else None
+    health = (
+        _StandbyHealth(settings.bind_address, settings.health_port)
+        if settings.health_port
+        else None
+    )
     try:
         elector.acquire()
     finally:
@@ -125,7 +134,7 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104  (scraped in-cluster)
+        start_http_server(settings.metrics_port, addr=settings.bind_address)
     runtime = make_runtime(settings)  # fail fast, before kopf starts, with one readable line
     metrics.LEADER.set(0)
     # Several replicas: only the Lease holder starts the operator. kopf's own peering is not used
@@ -140,7 +149,9 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
             namespaces=list(settings.namespaces),
             memo=memo,
             liveness_endpoint=(
-                f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+                settings.http_url(settings.health_port, "/healthz")
+                if settings.health_port
+                else None
             ),
         )
     finally:

@@ -8,6 +8,7 @@ the offending flag or variable.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -55,10 +56,18 @@ class Settings:
     # An object refused for what a person must fix (NotAuthorized, UserNotFound, Conflict,
     # AccessDenied) is checked again after this many seconds, so the fix takes effect by itself.
     recheck_interval: float = 120.0
+    # A failed decision is tried again after retry_base seconds, doubling up to retry_cap.
+    retry_base: float = 5.0
+    retry_cap: float = 600.0
+    # The shared role, Lambda and permission are checked again this often (and after a failure
+    # that points at them), so a Lambda deleted out of band comes back by itself.
+    installation_recheck: float = 900.0
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
     kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
     metrics_port: int = 0  # 0: no metrics endpoint
+    # Where metrics and health listen: loopback unless told (the Deployment gives the pod's IP).
+    bind_address: str = "127.0.0.1"
     health_port: int = 0  # 0: no liveness endpoint
     log_format: str = "text"
     # Leader election (several replicas, one active): off for a single `keyrotor run`, on in the
@@ -87,6 +96,12 @@ class Settings:
                     f"--kms-key {key!r}: give the key's ARN "
                     f"(arn:<partition>:kms:<region>:<account>:key/<id>)"
                 )
+        try:
+            ipaddress.ip_address(self.bind_address)
+        except ValueError:
+            raise SettingsError(
+                f"--bind-address {self.bind_address!r}: expected an IP address, e.g. 127.0.0.1"
+            ) from None
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"--log-format {self.log_format!r}: expected json or text")
         if not self.lease_duration > self.renew_deadline > self.retry_period * 1.2:
@@ -109,6 +124,11 @@ class Settings:
     @property
     def lambda_role_name(self) -> str:
         return f"keyrotor-{self.cluster_name}-rotation"
+
+    def http_url(self, port: int, path: str) -> str:
+        """A URL on the bind address (IPv6 in brackets)."""
+        host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
+        return f"http://{host}:{port}{path}"
 
     @property
     def lease_name(self) -> str:

@@ -119,6 +119,26 @@ def _demo_loop(aws: AwsEmulator, kube: KubeApiServer, workdir: Path) -> None:
     aws.create_iam_user(IAM_USER, {"keyrotor.io/namespaces": NAMESPACE})
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     apps.create_namespaced_deployment(NAMESPACE, _deployment())
+    say(
+        f"    {NAMESPACE} lets keyrotor restart its workloads (RoleBinding to "
+        f"keyrotor-restart-workloads)"
+    )
+    client.RbacAuthorizationV1Api(api).create_namespaced_role_binding(
+        NAMESPACE,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="keyrotor-restart-workloads"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io",
+                kind="ClusterRole",
+                name="keyrotor-restart-workloads",
+            ),
+            subjects=[
+                client.RbacV1Subject(
+                    kind="ServiceAccount", name="keyrotor", namespace="keyrotor-system"
+                )
+            ],
+        ),
+    )
 
     step("Starting the operator: keyrotor run --cluster-name demo")
     operator = OperatorProcess(

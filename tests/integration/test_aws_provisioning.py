@@ -133,15 +133,17 @@ def _ensure(aws: AwsEmulator, name: str, user: str, uid: str, kms: str | None = 
         "keyrotor.io/name": "app",
         TAG_UID: uid,
     }
-    return secrets.ensure_secret(
-        aws.client("secretsmanager"),
-        name=name,
-        iam_user=user,
-        tags=tags,
-        owner_uid=uid,
-        owner_tag=TAG_UID,
-        kms_key_id=kms,
+    sm = aws.client("secretsmanager")
+    secrets.create_managed_secret(
+        sm, name=name, iam_user=user, tags=tags, owner_uid=uid, kms_key_id=kms
     )
+    observed = secrets.describe(sm, name)
+    assert observed is not None
+    missing = {k: v for k, v in tags.items() if observed.tags.get(k) != v}
+    secrets.adopt_secret(
+        sm, secret_id=observed.arn, add_tags=missing, restore=observed.deleted, kms_key_id=kms
+    )
+    return secrets.describe(sm, name)
 
 
 def test_secret_is_created_tagged_and_holds_only_the_user(aws: AwsEmulator, iam_user: str) -> None:
@@ -161,13 +163,23 @@ def test_secret_is_created_tagged_and_holds_only_the_user(aws: AwsEmulator, iam_
     assert len(sm.list_secret_version_ids(SecretId=name)["Versions"]) == 1
 
 
-def test_secret_of_another_object_is_refused_and_a_retained_one_restored(
+def test_create_is_idempotent_and_a_secret_scheduled_for_deletion_is_restored(
     aws: AwsEmulator, iam_user: str
 ) -> None:
     name = f"keyrotor/c/ns/{uuid.uuid4().hex[:8]}"
-    _ensure(aws, name, iam_user, "uid-1")
-    with pytest.raises(secrets.SecretOwnedElsewhereError, match=r"keyrotor\.io/uid=uid-1"):
-        _ensure(aws, name, iam_user, "uid-2")
+    first = _ensure(aws, name, iam_user, "uid-1")
+    # Created by another object meanwhile: the create is no error, the secret is left as it was
+    # (the planner decides from its tags whether it is this object's).
+    secrets.create_managed_secret(
+        aws.client("secretsmanager"),
+        name=name,
+        iam_user=iam_user,
+        tags={TAG_UID: "uid-2"},
+        owner_uid="uid-2",
+        kms_key_id=None,
+    )
+    assert secrets.describe(aws.client("secretsmanager"), name).tags[TAG_UID] == "uid-1"
+    assert first.tags[TAG_UID] == "uid-1"
     secrets.schedule_deletion(aws.client("secretsmanager"), name, 7)
     secrets.schedule_deletion(aws.client("secretsmanager"), name, 7)  # already scheduled: fine
     assert secrets.describe(aws.client("secretsmanager"), name).deleted

@@ -178,8 +178,27 @@ def test_helm_chart_ships_the_same_crd_and_operator_rules() -> None:
     if not HELM_CRD_PATH.exists():
         pytest.skip("no Helm chart")
     assert HELM_CRD_PATH.read_text() == CRD_PATH.read_text()
-    (role,) = [d for d in yaml.safe_load_all(RBAC_PATH.read_text()) if d["kind"] == "ClusterRole"]
-    assert yaml.safe_load(HELM_RULES_PATH.read_text()) == role["rules"]
+    base = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all(RBAC_PATH.read_text())
+        if d and d["kind"] == "ClusterRole"
+    }
+    assert yaml.safe_load(HELM_RULES_PATH.read_text()) == base["keyrotor"]["rules"]
+    restart = HELM_CHART / "files" / "restart-rules.yaml"
+    assert yaml.safe_load(restart.read_text()) == base["keyrotor-restart-workloads"]["rules"]
+    overlay = ROOT / "deploy" / "overlays" / "namespaced" / "namespaced-rbac.yaml"
+    namespaced = {
+        (d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(overlay.read_text())
+    }
+    files = HELM_CHART / "files"
+    assert (
+        yaml.safe_load((files / "namespaced-rules.yaml").read_text())
+        == namespaced[("Role", "keyrotor")]["rules"]
+    )
+    assert (
+        yaml.safe_load((files / "namespaced-cluster-rules.yaml").read_text())
+        == namespaced[("ClusterRole", "keyrotor-namespaced")]["rules"]
+    )
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not found")
@@ -808,19 +827,11 @@ def test_operator_rbac_grants_what_the_operator_needs(
 ) -> None:
     # RBAC is evaluated without the resources existing, so the CRD need not be installed.
     needed = [
-        *[(v, PLURAL, GROUP, "") for v in ("get", "list", "watch", "patch", "update")],
-        *[(v, PLURAL, GROUP, "status") for v in ("get", "patch", "update")],
+        *[(v, PLURAL, GROUP, "") for v in ("get", "list", "watch", "patch")],
+        ("patch", PLURAL, GROUP, "status"),
         ("update", PLURAL, GROUP, "finalizers"),
-        *[
-            (v, "secrets", "", "")
-            for v in ("get", "list", "watch", "create", "update", "patch", "delete")
-        ],
-        *[(v, "events", g, "") for v in ("create", "patch") for g in ("", "events.k8s.io")],
-        *[
-            (v, r, "apps", "")
-            for v in ("get", "patch")
-            for r in ("deployments", "statefulsets", "daemonsets")
-        ],
+        *[(v, "secrets", "", "") for v in ("get", "list", "watch", "create", "update")],
+        ("create", "events", "", ""),
         *[(v, "leases", "coordination.k8s.io", "") for v in ("get", "create", "update")],
     ]
     refused = [
@@ -828,10 +839,7 @@ def test_operator_rbac_grants_what_the_operator_needs(
     ]
     assert refused == []
     cluster_wide = [
-        *[
-            (v, "customresourcedefinitions", "apiextensions.k8s.io")
-            for v in ("get", "list", "watch")
-        ],
+        *[(v, "customresourcedefinitions", "apiextensions.k8s.io") for v in ("list", "watch")],
         *[(v, "namespaces", "") for v in ("list", "watch")],
     ]
     refused_cluster_wide = [
@@ -845,6 +853,15 @@ def test_operator_rbac_grants_no_more(kube_admin_api: Any, operator_rbac: None) 
     excess = [
         ("create", PLURAL, GROUP, ""),  # users create the objects, not the operator
         ("delete", PLURAL, GROUP, ""),
+        ("update", PLURAL, GROUP, ""),
+        ("update", PLURAL, GROUP, "status"),
+        ("patch", "secrets", "", ""),
+        ("delete", "secrets", "", ""),
+        ("patch", "events", "", ""),
+        ("create", "events", "events.k8s.io", ""),
+        # Workloads only where a namespace bound keyrotor-restart-workloads (none here).
+        ("patch", "deployments", "apps", ""),
+        ("get", "deployments", "apps", ""),
         ("delete", "deployments", "apps", ""),
         ("update", "deployments", "apps", ""),
         ("create", "pods", "", ""),

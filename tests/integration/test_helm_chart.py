@@ -107,7 +107,11 @@ def test_refuses_replicas_without_leader_election(helm: Path) -> None:
 
 def test_default_renders_the_operator_highly_available(helm: Path) -> None:
     docs = render(helm, VALUES["default"])
-    (role,) = [d for d in yaml.safe_load_all(RBAC_PATH.read_text()) if d["kind"] == "ClusterRole"]
+    (role,) = [
+        d
+        for d in yaml.safe_load_all(RBAC_PATH.read_text())
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "keyrotor"
+    ]
     assert docs[("ClusterRole", "keyrotor")]["rules"] == role["rules"]
     deployment = docs[("Deployment", "keyrotor")]
     assert deployment["spec"]["replicas"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from keyrotor.kms_keys import kms_key_problem, kms_key_update_needed
@@ -66,3 +68,39 @@ def test_run_reads_kms_keys_from_flags_and_environment(monkeypatch: pytest.Monke
     assert settings_from_args(build_parser().parse_args(["run"])).kms_keys == (TEAM_A, TEAM_B)
     args = build_parser().parse_args(["run", "--kms-key", TEAM_B])
     assert settings_from_args(args).kms_keys == (TEAM_B,)
+
+
+# --- in the planner: refused before anything, and UpdateSecret only when the key differs -------
+
+
+def _plan(kms_key: str | None, allowed: tuple[str, ...], secret_key: str | None = None) -> Any:
+    from dataclasses import replace
+
+    from keyrotor import policies
+    from tests.unit.test_policies import NOW, observe, secret, spec
+
+    obs = observe(secret=secret(kms_key_id=secret_key))
+    obs = replace(obs, context=replace(obs.context, kms_keys=allowed))
+    overrides = {"secretsManager": {"kmsKeyId": kms_key}} if kms_key else {}
+    return policies.plan(spec(**overrides), obs, NOW)
+
+
+def test_another_teams_key_is_refused_on_the_object_and_nothing_is_done() -> None:
+    plan = _plan(TEAM_B, (TEAM_A,))
+    assert plan.actions == []
+    assert plan.ready is not None and plan.ready.reason == "KmsKeyNotAllowed"
+    assert TEAM_A in plan.ready.message
+
+
+def test_an_allowed_key_already_in_use_is_not_updated_again() -> None:
+    plan = _plan(TEAM_A, (TEAM_A,), secret_key=TEAM_A)
+    assert plan.actions == [] and plan.ready is None
+
+
+def test_an_allowed_key_not_in_use_yet_is_set_once() -> None:
+    from keyrotor.outcome import AdoptSecret
+
+    plan = _plan(TEAM_A, (TEAM_A,), secret_key=None)
+    (action,) = plan.actions
+    assert isinstance(action, AdoptSecret) and action.kms_key_id == TEAM_A
+    assert action.add_tags == {} and not action.restore

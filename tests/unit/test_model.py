@@ -6,21 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keyrotor.model import (
+from keyrotor.conditions import Condition, merge_conditions
+from keyrotor.model import SpecError, parse_spec, schedule_expression
+from keyrotor.observation import Observed, rotation_config_matches
+from keyrotor.tenancy import (
     Claim,
     ClaimDecision,
-    Condition,
-    Observed,
-    SpecError,
     authorization_problem,
     claim_decision,
     claim_value,
     conflicting_claim,
     holds_claim,
-    merge_conditions,
-    parse_spec,
-    rotation_config_matches,
-    schedule_expression,
 )
 from tests.spec_rows import (
     AFTER_VERSUS_INTERVAL,

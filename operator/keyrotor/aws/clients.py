@@ -7,12 +7,16 @@ variants), IRSA, EKS Pod Identity, environment variables. Throttling is retried 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+
+from keyrotor import errors
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -45,6 +49,8 @@ class AwsClients:
 
 
 def error_code(exc: BaseException) -> str:
+    if isinstance(exc, errors.KeyrotorError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # translated by an inner adapter
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return ""
@@ -62,3 +68,67 @@ def error_message(exc: BaseException) -> str:
 ACCESS_DENIED_CODES = frozenset(
     {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError"}
 )
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+    }
+)
+NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "NoSuchEntity", "NotFoundException"})
+CONFLICT_CODES = frozenset({"ResourceConflictException", "ResourceExistsException"})
+INVALID_CODES = frozenset(
+    {"InvalidParameterException", "InvalidRequestException", "ValidationError", "MalformedPolicy"}
+)
+
+
+def translate(exc: BaseException, service: str = "") -> errors.KeyrotorError | None:
+    """The taxonomy's type for an AWS error; None for anything that is not one."""
+    if isinstance(exc, errors.KeyrotorError):
+        return exc
+    if isinstance(exc, BotoCoreError):  # no answer at all (connection, timeout): transient
+        return errors.NotReadyError(f"AWS unreachable: {exc}")
+    if not isinstance(exc, ClientError):
+        return None
+    code = error_code(exc)
+    operation = getattr(exc, "operation_name", "")
+    kind: type[errors.KeyrotorError] = errors.KeyrotorError
+    if code in ACCESS_DENIED_CODES:
+        kind = errors.AccessDeniedError
+    elif code in THROTTLING_CODES:
+        kind = errors.ThrottledError
+    elif code in NOT_FOUND_CODES:
+        kind = errors.NotFoundError
+    elif code in CONFLICT_CODES:
+        kind = errors.ConflictError
+    elif code in INVALID_CODES:
+        kind = errors.InvalidError
+    return kind(error_message(exc), service=service, operation=operation)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def aws_errors(service: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """An adapter's AWS errors leave it as the taxonomy's types (keyrotor.errors)."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return function(*args, **kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                translated = translate(exc, service)
+                if translated is None:
+                    raise
+                raise translated from exc
+
+        return wrapper
+
+    return decorate

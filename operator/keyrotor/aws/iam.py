@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from keyrotor import errors
 from keyrotor.aws import policies
-from keyrotor.aws.clients import error_code
+from keyrotor.aws.clients import aws_errors, error_code
+from keyrotor.model import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -21,6 +23,7 @@ class IamUser:
     tags: dict[str, str]
 
 
+@aws_errors("iam")
 def get_user(iam: IAMClient, name: str) -> IamUser | None:
     """The user with its tags, or None when there is no such user."""
     try:
@@ -32,6 +35,7 @@ def get_user(iam: IAMClient, name: str) -> IamUser | None:
     return IamUser(name=user["UserName"], arn=user["Arn"], tags=user_tags(iam, name))
 
 
+@aws_errors("iam")
 def user_tags(iam: IAMClient, name: str) -> dict[str, str]:
     tags: dict[str, str] = {}
     for page in iam.get_paginator("list_user_tags").paginate(UserName=name):
@@ -39,10 +43,23 @@ def user_tags(iam: IAMClient, name: str) -> dict[str, str]:
     return tags
 
 
+@aws_errors("iam")
+def user_tags_if_exists(iam: IAMClient, name: str) -> dict[str, str]:
+    """The user's tags; none when there is no such user."""
+    try:
+        return user_tags(iam, name)
+    except Exception as exc:
+        if error_code(exc) == "NoSuchEntity":
+            return {}
+        raise
+
+
+@aws_errors("iam")
 def tag_user(iam: IAMClient, name: str, tags: dict[str, str]) -> None:
     iam.tag_user(UserName=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
 
+@aws_errors("iam")
 def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
     try:
         iam.untag_user(UserName=name, TagKeys=keys)
@@ -51,17 +68,17 @@ def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
             raise
 
 
-def deactivate_access_key(iam: IAMClient, user: str, access_key_id: str) -> bool:
-    """Mark a key Inactive. False when the key is already gone (nothing to do)."""
+@aws_errors("iam")
+def deactivate_access_key(iam: IAMClient, user: str, access_key_id: str) -> None:
+    """Mark a key Inactive; a key already gone is nothing to do."""
     try:
         iam.update_access_key(UserName=user, AccessKeyId=access_key_id, Status="Inactive")
     except Exception as exc:
-        if error_code(exc) == "NoSuchEntity":
-            return False
-        raise
-    return True
+        if error_code(exc) != "NoSuchEntity":
+            raise
 
 
+@aws_errors("iam")
 def delete_access_key(iam: IAMClient, user: str, access_key_id: str) -> None:
     try:
         iam.delete_access_key(UserName=user, AccessKeyId=access_key_id)
@@ -73,7 +90,7 @@ def delete_access_key(iam: IAMClient, user: str, access_key_id: str) -> None:
 ROLE_POLICY_NAME = policies.ROLE_POLICY_NAME
 
 
-class RoleBoundaryError(RuntimeError):
+class RoleBoundaryError(errors.ConflictError):
     """The rotation role exists without the permissions boundary keyrotor creates it with."""
 
 
@@ -102,6 +119,7 @@ def rotation_role_policy(
     )
 
 
+@aws_errors("iam")
 def ensure_lambda_role(
     iam: IAMClient,
     *,
@@ -125,7 +143,7 @@ def ensure_lambda_role(
             "RoleName": role_name,
             "AssumeRolePolicyDocument": json.dumps(trust or _default_trust()),
             "Description": "keyrotor rotation Lambda execution role",
-            "Tags": [{"Key": "app.kubernetes.io/managed-by", "Value": "keyrotor"}],
+            "Tags": [{"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE}],
         }
         if boundary_arn:
             request["PermissionsBoundary"] = boundary_arn

@@ -6,8 +6,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Final
 
-from keyrotor.aws.clients import error_code
+from keyrotor import errors
+from keyrotor.aws.clients import aws_errors, error_code
 from keyrotor.aws.lambda_package import HANDLER, LambdaPackage
+from keyrotor.model import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
@@ -20,20 +22,16 @@ PERMISSION_STATEMENT_ID = "keyrotor-secretsmanager-invoke"
 _ROLE_NOT_READY = "cannot be assumed by Lambda"
 
 
-class RoleNotReadyError(RuntimeError):
-    """Lambda cannot assume the execution role yet; try again shortly."""
-
-
+@aws_errors("lambda")
 def ensure_rotation_lambda(
     lambda_: LambdaClient,
     *,
     function_name: str,
     role_arn: str,
     package: LambdaPackage,
-    environment: dict[str, str] | None = None,
 ) -> str:
     """Create the function, or update its code only when the code hash differs. Returns its ARN."""
-    env: EnvironmentTypeDef = {"Variables": dict(environment or {})}
+    env: EnvironmentTypeDef = {"Variables": {}}
     try:
         config = lambda_.get_function(FunctionName=function_name)["Configuration"]
     except Exception as exc:
@@ -49,12 +47,16 @@ def ensure_rotation_lambda(
                 Timeout=TIMEOUT_SECONDS,
                 Environment=env,
                 Description="keyrotor: rotates IAM user access keys for Secrets Manager",
-                Tags={"app.kubernetes.io/managed-by": "keyrotor"},
+                Tags={MANAGED_BY_LABEL: MANAGED_BY_VALUE},
             )
             return str(created["FunctionArn"])
         except Exception as create_exc:
             if _ROLE_NOT_READY in str(create_exc):
-                raise RoleNotReadyError(f"Lambda cannot assume role {role_arn} yet") from None
+                raise errors.NotReadyError(
+                    f"Lambda cannot assume role {role_arn} yet (a role just created)",
+                    service="lambda",
+                    operation="CreateFunction",
+                ) from None
             if error_code(create_exc) != "ResourceConflictException":
                 raise
             config = lambda_.get_function(FunctionName=function_name)["Configuration"]
@@ -86,6 +88,7 @@ def _wait_updated(lambda_: LambdaClient, function_name: str, attempts: int = 30)
         time.sleep(1)
 
 
+@aws_errors("lambda")
 def ensure_invoke_permission(lambda_: LambdaClient, *, function_name: str, account_id: str) -> None:
     """Secrets Manager may invoke the function, for this account's secrets only (SourceAccount)."""
     try:

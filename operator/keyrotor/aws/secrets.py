@@ -7,16 +7,15 @@ secrets a call, may lag) and ``DescribeSecret`` (consistent) give each secret's
 
 from __future__ import annotations
 
-import hashlib
 import json
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from keyrotor.aws.clients import error_code
-from keyrotor.model import Observed
+from keyrotor import errors
+from keyrotor.aws.clients import aws_errors, error_code
+from keyrotor.observation import Observed, initial_version_id
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -24,10 +23,6 @@ if TYPE_CHECKING:
 
 AWSCURRENT = "AWSCURRENT"
 AWSPENDING = "AWSPENDING"
-
-
-class SecretOwnedElsewhereError(RuntimeError):
-    """A secret of that name exists and belongs to another object or to nobody we know."""
 
 
 @dataclass(frozen=True)
@@ -46,17 +41,6 @@ class CurrentKey:
         )
 
 
-def deterministic_token(*parts: str) -> str:
-    """A ClientRequestToken derived from stable inputs, so a retried call is idempotent."""
-    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
-    return str(uuid.UUID(digest[:32]))
-
-
-def initial_version_id(owner_uid: str) -> str:
-    """The version id of the value a new secret is created with (the user name, no key yet)."""
-    return deterministic_token("create", owner_uid)
-
-
 def observed_from_description(description: Mapping[str, Any]) -> Observed:
     stages: Mapping[str, list[str]] = description.get("VersionIdsToStages") or {}
     current = next((v for v, s in stages.items() if AWSCURRENT in s), None)
@@ -73,9 +57,11 @@ def observed_from_description(description: Mapping[str, Any]) -> Observed:
         next_rotation=description.get("NextRotationDate"),
         deleted=description.get("DeletedDate") is not None,
         tags={t["Key"]: t["Value"] for t in description.get("Tags") or []},
+        kms_key_id=description.get("KmsKeyId") or None,
     )
 
 
+@aws_errors("secretsmanager")
 def describe(sm: SecretsManagerClient, secret_id: str) -> Observed | None:
     try:
         return observed_from_description(sm.describe_secret(SecretId=secret_id))
@@ -85,69 +71,56 @@ def describe(sm: SecretsManagerClient, secret_id: str) -> Observed | None:
         raise
 
 
-def ensure_secret(
+@aws_errors("secretsmanager")
+def create_managed_secret(
     sm: SecretsManagerClient,
     *,
     name: str,
     iam_user: str,
     tags: Mapping[str, str],
     owner_uid: str,
-    owner_tag: str,
     kms_key_id: str | None,
-) -> Observed:
-    """The secret exists, is ours, is tagged, and is not scheduled for deletion.
+) -> None:
+    """A new secret holds only the user name: the first rotation creates the first managed key.
+    Its first version id is derived from the owner, so a retried create is the same one."""
+    request: CreateSecretRequestTypeDef = {
+        "Name": name,
+        "ClientRequestToken": initial_version_id(owner_uid),
+        "SecretString": json.dumps({"username": iam_user}),
+        "Description": f"keyrotor: access key of IAM user {iam_user}",
+        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+    if kms_key_id:
+        request["KmsKeyId"] = kms_key_id
+    try:
+        sm.create_secret(**request)
+    except Exception as exc:
+        if error_code(exc) != "ResourceExistsException":
+            raise  # exists: the next look decides whether it is ours
 
-    A new secret holds only the user name: the first rotation creates the first managed key.
-    A secret left by an earlier object of the same namespace and name (deletionPolicy Retain)
-    is adopted; one owned by any other object is refused.
-    """
-    observed = describe(sm, name)
-    if observed is None:
-        request: CreateSecretRequestTypeDef = {
-            "Name": name,
-            "ClientRequestToken": initial_version_id(owner_uid),
-            "SecretString": json.dumps({"username": iam_user}),
-            "Description": f"keyrotor: access key of IAM user {iam_user}",
-            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-        }
-        if kms_key_id:
-            request["KmsKeyId"] = kms_key_id
-        try:
-            sm.create_secret(**request)
-        except Exception as exc:
-            if error_code(exc) not in ("ResourceExistsException",):
-                raise
-        observed = describe(sm, name)
-        if observed is None:
-            raise RuntimeError(f"secret {name} was created but cannot be described")
-    owner = observed.tags.get(owner_tag)
-    if owner is not None and owner != tags.get(owner_tag):
-        raise SecretOwnedElsewhereError(
-            f"Secrets Manager secret {name} belongs to {owner_tag}={owner}"
-        )
-    if owner is None and observed.tags and not _ours(observed.tags, tags):
-        raise SecretOwnedElsewhereError(
-            f"Secrets Manager secret {name} exists and is not managed by this keyrotor installation"
-        )
-    if observed.deleted:
-        sm.restore_secret(SecretId=observed.arn)
-    missing = {k: v for k, v in tags.items() if observed.tags.get(k) != v}
-    if missing:
+
+@aws_errors("secretsmanager")
+def adopt_secret(
+    sm: SecretsManagerClient,
+    *,
+    secret_id: str,
+    add_tags: Mapping[str, str],
+    restore: bool,
+    kms_key_id: str | None,
+) -> None:
+    """Make a secret the planner found to be this object's carry its tags; restore it when it
+    was scheduled for deletion; use the spec's KMS key."""
+    if restore:
+        sm.restore_secret(SecretId=secret_id)
+    if add_tags:
         sm.tag_resource(
-            SecretId=observed.arn, Tags=[{"Key": k, "Value": v} for k, v in missing.items()]
+            SecretId=secret_id, Tags=[{"Key": k, "Value": v} for k, v in add_tags.items()]
         )
     if kms_key_id:
-        sm.update_secret(SecretId=observed.arn, KmsKeyId=kms_key_id)
-    refreshed = describe(sm, observed.arn)
-    return refreshed if refreshed is not None else observed
+        sm.update_secret(SecretId=secret_id, KmsKeyId=kms_key_id)
 
 
-def _ours(have: Mapping[str, str], want: Mapping[str, str]) -> bool:
-    """Tags say it was made by this installation for the same namespace and name."""
-    keys = [k for k in want if not k.endswith("/uid")]
-    return all(have.get(k) == want[k] for k in keys)
-
-
+@aws_errors("secretsmanager")
 def configure_rotation(
     sm: SecretsManagerClient,
     *,
@@ -155,29 +128,25 @@ def configure_rotation(
     lambda_arn: str,
     rules: Mapping[str, Any],
     rotate_immediately: bool,
-    token: str | None = None,
-) -> str | None:
-    """Enable rotation with these rules; rotate now when asked. Returns the new version id."""
-    kwargs: dict[str, Any] = {
-        "SecretId": secret_id,
-        "RotationLambdaARN": lambda_arn,
-        "RotationRules": dict(rules),
-        "RotateImmediately": rotate_immediately,
-    }
-    if token:
-        kwargs["ClientRequestToken"] = token
-    response = sm.rotate_secret(**kwargs)
-    return response.get("VersionId") if rotate_immediately else None
-
-
-def request_rotation(sm: SecretsManagerClient, *, secret_id: str, token: str) -> str:
-    """Rotate now, with the configured rules. The token makes a retried request the same one."""
-    response = sm.rotate_secret(
-        SecretId=secret_id, ClientRequestToken=token, RotateImmediately=True
+) -> None:
+    """Enable rotation with these rules; rotate now when asked. botocore fills in a
+    ClientRequestToken that its own retries reuse; a repeat after a restart is prevented by
+    looking first (a rotation in progress, LastRotatedDate)."""
+    sm.rotate_secret(
+        SecretId=secret_id,
+        RotationLambdaARN=lambda_arn,
+        RotationRules=dict(rules),  # type: ignore[arg-type]
+        RotateImmediately=rotate_immediately,
     )
-    return str(response.get("VersionId", token))
 
 
+@aws_errors("secretsmanager")
+def request_rotation(sm: SecretsManagerClient, *, secret_id: str, token: str) -> None:
+    """Rotate now, with the configured rules. The token makes a retried request the same one."""
+    sm.rotate_secret(SecretId=secret_id, ClientRequestToken=token, RotateImmediately=True)
+
+
+@aws_errors("secretsmanager")
 def version_created(
     sm: SecretsManagerClient, *, secret_id: str, version_id: str
 ) -> datetime | None:
@@ -193,6 +162,7 @@ def version_created(
         request["NextToken"] = page["NextToken"]
 
 
+@aws_errors("secretsmanager")
 def clear_pending(sm: SecretsManagerClient, *, secret_id: str, version_id: str) -> None:
     """Take AWSPENDING off a version whose rotation did not finish, so rotation can go on."""
     try:
@@ -204,6 +174,7 @@ def clear_pending(sm: SecretsManagerClient, *, secret_id: str, version_id: str) 
             raise
 
 
+@aws_errors("secretsmanager")
 def read_current_key(sm: SecretsManagerClient, secret_id: str) -> CurrentKey:
     """GetSecretValue of AWSCURRENT: called only when the current version id changed."""
     response = sm.get_secret_value(SecretId=secret_id, VersionStage=AWSCURRENT)
@@ -211,9 +182,9 @@ def read_current_key(sm: SecretsManagerClient, secret_id: str) -> CurrentKey:
     try:
         value = json.loads(response.get("SecretString") or "")
     except ValueError:
-        raise ValueError(f"secret {secret_id} version {version} is not JSON") from None
+        raise errors.InvalidError(f"secret {secret_id} version {version} is not JSON") from None
     if not isinstance(value, dict):
-        raise ValueError(f"secret {secret_id} version {version} is not a JSON object")
+        raise errors.InvalidError(f"secret {secret_id} version {version} is not a JSON object")
     return CurrentKey(
         version_id=version,
         username=str(value.get("username", "")),
@@ -222,8 +193,10 @@ def read_current_key(sm: SecretsManagerClient, secret_id: str) -> CurrentKey:
     )
 
 
-def list_managed(sm: SecretsManagerClient, *, tag_key: str, tag_value: str) -> Iterator[Observed]:
+@aws_errors("secretsmanager")
+def list_managed(sm: SecretsManagerClient, *, tag_key: str, tag_value: str) -> list[Observed]:
     """Every secret of this installation, 100 a call, with its version stages (no values)."""
+    found: list[Observed] = []
     paginator = sm.get_paginator("list_secrets")
     pages = paginator.paginate(
         Filters=[
@@ -238,11 +211,15 @@ def list_managed(sm: SecretsManagerClient, *, tag_key: str, tag_value: str) -> I
             tags = {t["Key"]: t["Value"] for t in entry.get("Tags") or []}
             if tags.get(tag_key) != tag_value:
                 continue  # the two filters match independently; keep only this installation's
-            yield observed_from_description(
-                {**entry, "VersionIdsToStages": entry.get("SecretVersionsToStages")}
+            found.append(
+                observed_from_description(
+                    {**entry, "VersionIdsToStages": entry.get("SecretVersionsToStages")}
+                )
             )
+    return found
 
 
+@aws_errors("secretsmanager")
 def cancel_rotation(sm: SecretsManagerClient, secret_id: str) -> None:
     try:
         sm.cancel_rotate_secret(SecretId=secret_id)
@@ -251,6 +228,7 @@ def cancel_rotation(sm: SecretsManagerClient, secret_id: str) -> None:
             raise
 
 
+@aws_errors("secretsmanager")
 def schedule_deletion(sm: SecretsManagerClient, secret_id: str, recovery_window_days: int) -> None:
     try:
         sm.delete_secret(SecretId=secret_id, RecoveryWindowInDays=recovery_window_days)

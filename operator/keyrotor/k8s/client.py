@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
+
+from keyrotor import errors
 
 
 @dataclass(frozen=True)
@@ -30,3 +36,52 @@ class KubeApis:
 
 def is_status(exc: BaseException, *codes: int) -> bool:
     return isinstance(exc, client.ApiException) and exc.status in codes
+
+
+def translate(exc: BaseException) -> errors.KeyrotorError | None:
+    """The taxonomy's type for a Kubernetes API error, with the server's reason and message."""
+    if isinstance(exc, errors.KeyrotorError):
+        return exc
+    if not isinstance(exc, client.ApiException):
+        return None
+    message = f"{exc.status} {exc.reason}"
+    try:
+        detail = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        detail = None
+    if detail:
+        message = f"{message}: {detail}"
+    kind: type[errors.KeyrotorError] = errors.KeyrotorError
+    if exc.status == 404:
+        kind = errors.NotFoundError
+    elif exc.status == 409:
+        kind = errors.ConflictError
+    elif exc.status in (401, 403):
+        kind = errors.AccessDeniedError
+    elif exc.status == 429:
+        kind = errors.ThrottledError
+    elif exc.status in (400, 422):
+        kind = errors.InvalidError
+    elif exc.status is not None and exc.status >= 500:
+        kind = errors.NotReadyError
+    return kind(message, service="kubernetes")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def kube_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """An adapter's Kubernetes API errors leave it as the taxonomy's types (keyrotor.errors)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except client.ApiException as exc:
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    return wrapper

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from keyrotor.k8s.client import KubeApis, is_status
+from keyrotor.k8s.client import KubeApis, is_status, kube_errors
 from keyrotor.model import GROUP, PLURAL, VERSION
 
 
+@kube_errors
 def get_object(kube: KubeApis, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         body = kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -18,11 +19,17 @@ def get_object(kube: KubeApis, namespace: str, name: str) -> dict[str, Any] | No
     return dict(body)
 
 
-def patch_status(kube: KubeApis, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource; an object deleted meanwhile is nothing to do."""
+@kube_errors
+def patch_status(
+    kube: KubeApis, namespace: str, name: str, status: dict[str, Any], *, resource_version: str
+) -> None:
+    """Merge-patch the status subresource, if the object is still at ``resource_version``
+    (optimistic concurrency: a ConflictError means decide again from a fresh read). An object
+    deleted meanwhile is nothing to do."""
+    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
     try:
         kube.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            GROUP, VERSION, namespace, PLURAL, name, body
         )
     except Exception as exc:
         if not is_status(exc, 404):

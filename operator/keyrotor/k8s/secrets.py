@@ -10,12 +10,12 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from kubernetes import client
 
-from keyrotor.k8s.client import KubeApis, is_status
+from keyrotor import errors
+from keyrotor.k8s.client import KubeApis, is_status, kube_errors
 from keyrotor.model import (
     ACCESS_KEY_ID_ANNOTATION,
     DATA_HASH_ANNOTATION,
@@ -24,18 +24,7 @@ from keyrotor.model import (
     OWNER_NAME_LABEL,
     VERSION_ID_ANNOTATION,
 )
-
-
-class TargetState(Enum):
-    CURRENT = "Current"
-    MISSING = "Missing"
-    DRIFTED = "Drifted"  # data edited, or another version mirrored
-    OUTDATED = "Outdated"  # our data, but not spec.target's profile, labels or annotations
-    FOREIGN = "Foreign"  # a Secret of that name that keyrotor does not manage
-
-
-class TargetConflictError(RuntimeError):
-    """The target Secret exists and is not managed by this object."""
+from keyrotor.observation import TargetView
 
 
 @dataclass(frozen=True)
@@ -70,9 +59,9 @@ def _encode(data: Mapping[str, str]) -> dict[str, str]:
     return {k: base64.b64encode(v.encode()).decode("ascii") for k, v in data.items()}
 
 
-def _is_managed_by(secret: Any, owner: Owner) -> bool:
+def _is_managed_by(secret: Any, owner_uid: str) -> bool:
     refs = secret.metadata.owner_references or []
-    return any(ref.uid == owner.uid for ref in refs)
+    return any(ref.uid == owner_uid for ref in refs)
 
 
 def _profile_of(encoded: Mapping[str, str]) -> str | None:
@@ -84,40 +73,86 @@ def _profile_of(encoded: Mapping[str, str]) -> str | None:
     return first[1:-1] if first.startswith("[") and first.endswith("]") else None
 
 
+def is_intact(
+    annotations: Mapping[str, str], encoded: Mapping[str, str], version: str | None
+) -> bool:
+    """The Secret holds ``version`` as keyrotor wrote it: its data matches its own hash."""
+    return annotations.get(VERSION_ID_ANNOTATION) == version and annotations.get(
+        DATA_HASH_ANNOTATION
+    ) == data_hash(encoded)
+
+
+@kube_errors
 def inspect_target(
     kube: KubeApis,
     namespace: str,
     name: str,
-    owner: Owner,
-    version_id: str | None,
+    owner_uid: str,
     *,
-    profile: str | None = None,
-    labels: Mapping[str, str] | None = None,
-    annotations: Mapping[str, str] | None = None,
-) -> TargetState:
+    profile: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> TargetView:
+    """The target Secret's metadata and whether its data is intact (no data leaves here)."""
     try:
         secret = kube.core.read_namespaced_secret(name, namespace)
     except Exception as exc:
         if is_status(exc, 404):
-            return TargetState.MISSING
+            return TargetView(exists=False)
         raise
-    if not _is_managed_by(secret, owner):
-        return TargetState.FOREIGN
+    if not _is_managed_by(secret, owner_uid):
+        return TargetView(exists=True, owned=False)
     have_annotations = secret.metadata.annotations or {}
-    if have_annotations.get(VERSION_ID_ANNOTATION) != version_id:
-        return TargetState.DRIFTED
-    if have_annotations.get(DATA_HASH_ANNOTATION) != data_hash(secret.data or {}):
-        return TargetState.DRIFTED
     have_labels = secret.metadata.labels or {}
-    if (
-        (profile is not None and _profile_of(secret.data or {}) != profile)
-        or any(have_labels.get(k) != v for k, v in (labels or {}).items())
-        or any(have_annotations.get(k) != v for k, v in (annotations or {}).items())
-    ):
-        return TargetState.OUTDATED
-    return TargetState.CURRENT
+    version = have_annotations.get(VERSION_ID_ANNOTATION)
+    return TargetView(
+        exists=True,
+        owned=True,
+        version_id=version,
+        intact=is_intact(have_annotations, secret.data or {}, version),
+        matches_spec=_profile_of(secret.data or {}) == profile
+        and all(have_labels.get(k) == v for k, v in labels.items())
+        and all(have_annotations.get(k) == v for k, v in annotations.items()),
+    )
 
 
+def _metadata(
+    namespace: str,
+    name: str,
+    owner: Owner,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> client.V1ObjectMeta:
+    return client.V1ObjectMeta(
+        name=name,
+        namespace=namespace,
+        labels={**labels, MANAGED_BY_LABEL: MANAGED_BY_VALUE, OWNER_NAME_LABEL: owner.name},
+        annotations=dict(annotations),
+        owner_references=[
+            client.V1OwnerReference(
+                api_version=owner.api_version,
+                kind=owner.kind,
+                name=owner.name,
+                uid=owner.uid,
+                controller=True,
+                block_owner_deletion=True,
+            )
+        ],
+    )
+
+
+def _holds(existing: Any, encoded: Mapping[str, str], metadata: client.V1ObjectMeta) -> bool:
+    have_annotations = existing.metadata.annotations or {}
+    have_labels = existing.metadata.labels or {}
+    return bool(
+        existing.data == encoded
+        and all(have_annotations.get(k) == v for k, v in metadata.annotations.items())
+        and all(have_labels.get(k) == v for k, v in metadata.labels.items())
+        and existing.type == "Opaque"
+    )
+
+
+@kube_errors
 def mirror_secret(
     kube: KubeApis,
     *,
@@ -133,69 +168,43 @@ def mirror_secret(
 ) -> bool:
     """Make the Secret hold this key. True when something was written."""
     encoded = _encode(credentials_data(access_key_id, secret_access_key, profile))
-    wanted_annotations = {
+    wanted = {
         **annotations,
         VERSION_ID_ANNOTATION: version_id,
         ACCESS_KEY_ID_ANNOTATION: access_key_id,
         DATA_HASH_ANNOTATION: data_hash(encoded),
     }
-    wanted_labels = {**labels, MANAGED_BY_LABEL: MANAGED_BY_VALUE, OWNER_NAME_LABEL: owner.name}
-    metadata = client.V1ObjectMeta(
-        name=name,
-        namespace=namespace,
-        labels=wanted_labels,
-        annotations=wanted_annotations,
-        owner_references=[
-            client.V1OwnerReference(
-                api_version=owner.api_version,
-                kind=owner.kind,
-                name=owner.name,
-                uid=owner.uid,
-                controller=True,
-                block_owner_deletion=True,
-            )
-        ],
-    )
     for _attempt in range(3):
+        metadata = _metadata(namespace, name, owner, labels, wanted)
         try:
             existing = kube.core.read_namespaced_secret(name, namespace)
         except Exception as exc:
             if not is_status(exc, 404):
                 raise
             existing = None
-        if existing is None:
-            body = client.V1Secret(metadata=metadata, type="Opaque", data=encoded)
-            try:
+        try:
+            if existing is None:
+                body = client.V1Secret(metadata=metadata, type="Opaque", data=encoded)
                 kube.core.create_namespaced_secret(namespace, body)
                 return True
-            except Exception as exc:
-                if is_status(exc, 409):
-                    continue  # created meanwhile: read it and compare
-                raise
-        if not _is_managed_by(existing, owner):
-            raise TargetConflictError(
-                f"Secret {namespace}/{name} exists and is not managed by this AccessKeyRotation; "
-                f"delete it or choose another spec.target.secretName"
-            )
-        have_annotations = existing.metadata.annotations or {}
-        have_labels = existing.metadata.labels or {}
-        if (
-            existing.data == encoded
-            and all(have_annotations.get(k) == v for k, v in wanted_annotations.items())
-            and all(have_labels.get(k) == v for k, v in wanted_labels.items())
-            and existing.type == "Opaque"
-        ):
-            return False
-        metadata.resource_version = existing.metadata.resource_version
-        # Keep what others added to the Secret's metadata; ours wins on our keys.
-        metadata.labels = {**have_labels, **wanted_labels}
-        metadata.annotations = {**have_annotations, **wanted_annotations}
-        body = client.V1Secret(metadata=metadata, type="Opaque", data=encoded)
-        try:
+            if not _is_managed_by(existing, owner.uid):
+                raise errors.ConflictError(
+                    f"Secret {namespace}/{name} was created meanwhile by someone else",
+                    service="kubernetes",
+                )
+            if _holds(existing, encoded, metadata):
+                return False
+            metadata.resource_version = existing.metadata.resource_version
+            # Keep what others added to the Secret's metadata; ours wins on our keys.
+            metadata.labels = {**(existing.metadata.labels or {}), **metadata.labels}
+            metadata.annotations = {**(existing.metadata.annotations or {}), **wanted}
+            body = client.V1Secret(metadata=metadata, type="Opaque", data=encoded)
             kube.core.replace_namespaced_secret(name, namespace, body)
             return True
-        except Exception as exc:
+        except client.ApiException as exc:
             if is_status(exc, 409, 404):
-                continue  # changed or deleted meanwhile: look again
+                continue  # created, changed or deleted meanwhile: look again
             raise
-    raise RuntimeError(f"Secret {namespace}/{name} kept changing while being written")
+    raise errors.ConflictError(
+        f"Secret {namespace}/{name} kept changing while being written", service="kubernetes"
+    )

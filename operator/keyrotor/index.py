@@ -1,0 +1,152 @@
+"""The in-memory index of AccessKeyRotation objects, and the one lock per object.
+
+Every path that acts on one object (the kopf handler, the sync loop, a Secret event, deletion)
+holds that object's lock (:meth:`ObjectIndex.lock`) from its first read to its status write, so
+there is one writer per object in fact. An entry changes only through the outcome of a plan
+(:meth:`ObjectIndex.apply`, :meth:`ObjectIndex.failed`, :meth:`ObjectIndex.end_focus`), under
+the index's own lock. No secret value is ever kept here.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from keyrotor import metrics
+from keyrotor.outcome import IndexUpdate
+
+FOCUS_AFTER_REQUEST = timedelta(minutes=15)
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One object as the shared sync loop knows it (a snapshot: entries are replaced, not
+    changed, so a reader never sees half an update)."""
+
+    namespace: str
+    name: str
+    uid: str
+    state: IndexUpdate = field(default_factory=lambda: IndexUpdate(active=False))
+    focus_until: datetime | None = None  # DescribeSecret it on every focus tick until then
+    # status.lastRotationTime as last written: a rotation whose new version was mirrored before
+    # LastRotatedDate moved (finishSecret comes first) still has its schedule to report.
+    reported_last_rotation: str | None = None
+    next_check: datetime | None = None  # decide again then (a recheck, a wait, a backoff)
+    failures: int = 0  # consecutive failed decisions: the backoff's exponent
+    last_due_check: datetime | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+
+def backoff(failures: int, *, base: float, cap: float) -> float:
+    """Exponential, capped, jittered (half to full): failing objects do not retry in step."""
+    delay = min(cap, base * 2.0 ** max(failures - 1, 0))
+    jitter: float = random.uniform(0.5, 1.0)  # noqa: S311  (jitter, not cryptography)
+    return delay * jitter
+
+
+@dataclass
+class ObjectIndex:
+    _entries: dict[Key, Entry] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _object_locks: dict[Key, threading.Lock] = field(default_factory=dict)
+
+    @contextmanager
+    def lock(self, namespace: str, name: str) -> Iterator[None]:
+        """One writer per object: held from the first read to the status write."""
+        with self._lock:
+            object_lock = self._object_locks.setdefault((namespace, name), threading.Lock())
+        with object_lock:
+            yield
+
+    def _put(self, entry: Entry) -> Entry:
+        self._entries[entry.key] = entry
+        metrics.BACKING_OFF.set(sum(1 for e in self._entries.values() if e.failures))
+        return entry
+
+    def _current(self, namespace: str, name: str, uid: str) -> Entry:
+        entry = self._entries.get((namespace, name))
+        return entry if entry is not None and entry.uid == uid else Entry(namespace, name, uid)
+
+    def apply(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        update: IndexUpdate,
+        *,
+        now: datetime,
+        recheck_after: float | None,
+        reported_last_rotation: str | None,
+    ) -> Entry:
+        """A plan's outcome: what the object is now, and when to look at it again."""
+        with self._lock:
+            entry = self._current(namespace, name, uid)
+            focus_until = entry.focus_until
+            if update.focus:
+                focus_until = max(focus_until or now, now + FOCUS_AFTER_REQUEST)
+            return self._put(
+                replace(
+                    entry,
+                    state=update,
+                    focus_until=focus_until,
+                    reported_last_rotation=reported_last_rotation,
+                    next_check=now + timedelta(seconds=recheck_after) if recheck_after else None,
+                    failures=0,
+                )
+            )
+
+    def failed(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        *,
+        now: datetime,
+        base: float,
+        cap: float,
+    ) -> Entry:
+        """A failed decision: try again after the next step of its backoff."""
+        with self._lock:
+            entry = self._current(namespace, name, uid)
+            failures = entry.failures + 1
+            wait = backoff(failures, base=base, cap=cap)
+            metrics.RETRIES.inc()
+            return self._put(
+                replace(entry, failures=failures, next_check=now + timedelta(seconds=wait))
+            )
+
+    def end_focus(self, namespace: str, name: str, uid: str) -> None:
+        with self._lock:
+            entry = self._entries.get((namespace, name))
+            if entry is not None and entry.uid == uid:
+                self._put(replace(entry, focus_until=None))
+
+    def note_due_check(self, namespace: str, name: str, uid: str, now: datetime) -> None:
+        with self._lock:
+            entry = self._entries.get((namespace, name))
+            if entry is not None and entry.uid == uid:
+                self._put(replace(entry, last_due_check=now))
+
+    def remove(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._entries.pop((namespace, name), None)
+            metrics.BACKING_OFF.set(sum(1 for e in self._entries.values() if e.failures))
+
+    def get(self, namespace: str, name: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get((namespace, name))
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def active(self) -> list[Entry]:
+        return [e for e in self.entries() if e.state.active]

@@ -1,0 +1,257 @@
+"""The rules of mirroring: when the target Secret is written, what a rotation entails, when the
+previous key is retired, and when the sync loop looks at a secret. Pure; no I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from keyrotor.conditions import Condition, isoformat
+from keyrotor.model import ConditionType, Reason, Spec
+from keyrotor.observation import KeyView, Observation, Observed, TargetView, initial_version_id
+from keyrotor.outcome import (
+    Action,
+    Event,
+    MirrorKey,
+    RequestRotation,
+    RestartWorkload,
+    RetirePreviousKey,
+    normal,
+    warning,
+)
+
+DUE_CHECK_INTERVAL = timedelta(seconds=30)
+
+
+class TargetState(Enum):
+    CURRENT = "Current"
+    MISSING = "Missing"
+    DRIFTED = "Drifted"  # data edited, or another version mirrored
+    OUTDATED = "Outdated"  # our data, but not spec.target's profile, labels or annotations
+
+
+def target_state(target: TargetView | None, version_id: str | None) -> TargetState:
+    """How the target Secret stands against the version it should hold."""
+    if target is None or not target.exists:
+        return TargetState.MISSING
+    if target.version_id != version_id or not target.intact:
+        return TargetState.DRIFTED
+    return TargetState.CURRENT if target.matches_spec else TargetState.OUTDATED
+
+
+@dataclass
+class Sync:
+    """The mirroring part of a plan."""
+
+    condition: Condition
+    actions: list[Action] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    mirrored_version: str | None = None
+    previous_key_due: datetime | None = None
+    focus: bool = False
+
+
+def synced(version: str | None) -> Condition:
+    return Condition(
+        ConditionType.SYNCED, True, Reason.SYNCED, f"Secret holds AWSCURRENT version {version}"
+    )
+
+
+def waiting_for_first_key() -> Condition:
+    return Condition(
+        ConditionType.SYNCED, False, Reason.ROTATION_PENDING, "waiting for the first key"
+    )
+
+
+def mirror_key(
+    spec: Spec, obs: Observation, now: datetime, *, first_key: bool, running: bool
+) -> Sync:
+    """Mirror AWSCURRENT when its version changed or the target Secret drifted; then the
+    after-rotation work. The value is read (by the gather step) only in those cases."""
+    status, secret = obs.obj.status, obs.secret
+    mirrored = status.get("versionId")
+    if first_key or secret is None:
+        # Nothing to mirror until AWSCURRENT moves off the version keyrotor created.
+        return Sync(
+            waiting_for_first_key(), mirrored_version=secret.current_version if secret else None
+        )
+    current = secret.current_version
+    if current == mirrored and target_state(obs.target, current) is TargetState.CURRENT:
+        actions, due = previous_key_work(spec, status, now)
+        facts = {"versionId": current, "accessKeyId": status.get("accessKeyId", "")}
+        return Sync(synced(current), actions, facts, mirrored_version=current, previous_key_due=due)
+    key = obs.key if current != initial_version_id(obs.obj.uid) else None
+    if key is None or not key.access_key_id:
+        return first_key_again(secret, running=running, mirrored=mirrored)
+    return mirror_new_version(spec, obs, key, now)
+
+
+def first_key_again(secret: Observed, *, running: bool, mirrored: str | None) -> Sync:
+    """No key yet and no rotation running: the first rotation was cleared as stuck (or never
+    started). Ask again, or the object would wait for its first key for ever."""
+    sync = Sync(waiting_for_first_key(), mirrored_version=mirrored)
+    if not secret.pending_versions and not running:
+        sync.actions.append(
+            RequestRotation(
+                arn=secret.arn,
+                token=None,
+                cause="first-key",
+                if_idle=True,
+                event=normal(
+                    Reason.ROTATION_REQUESTED,
+                    "requested the first rotation again: the last one did not finish",
+                ),
+            )
+        )
+        sync.focus = True
+    return sync
+
+
+def mirror_new_version(spec: Spec, obs: Observation, key: KeyView, now: datetime) -> Sync:
+    status = obs.obj.status
+    mirrored = status.get("versionId")
+    state = target_state(obs.target, key.version_id)
+    rotated = mirrored is not None and mirrored != key.version_id
+    name = spec.target_secret_name
+    sync = Sync(synced(key.version_id), mirrored_version=key.version_id)
+    sync.facts = {
+        "versionId": key.version_id,
+        "accessKeyId": key.access_key_id,
+        "lastSyncTime": isoformat(now),
+    }
+    if rotated:
+        cause = "rotation"
+        event = normal(
+            Reason.SYNCED,
+            f"mirrored the new key {key.access_key_id} (version {key.version_id}) "
+            f"into Secret {name}",
+        )
+    elif mirrored and state is TargetState.OUTDATED:
+        cause = "update"
+        event = normal(
+            Reason.SYNCED, f"updated Secret {name} to spec.target (profile, labels, annotations)"
+        )
+    elif mirrored:
+        cause = "repair"
+        event = warning(
+            Reason.SECRET_REPAIRED,
+            f"Secret {name} was {state.value.lower()}; put back version {key.version_id}",
+        )
+    else:
+        cause = "initial"
+        event = normal(Reason.SYNCED, f"mirrored key {key.access_key_id} into Secret {name}")
+    if state is not TargetState.CURRENT:
+        sync.actions.append(
+            MirrorKey(
+                version_id=key.version_id,
+                secret_name=name,
+                profile=spec.profile,
+                labels=spec.target_labels,
+                annotations=spec.target_annotations,
+                cause=cause,
+            )
+        )
+    sync.events.append(event)
+    if rotated:
+        after_rotation(spec, status, key, now, sync)
+    else:
+        retire, sync.previous_key_due = previous_key_work(spec, status, now)
+        sync.actions.extend(retire)
+    return sync
+
+
+def after_rotation(
+    spec: Spec, status: Mapping[str, Any], key: KeyView, now: datetime, sync: Sync
+) -> None:
+    """A new key is mirrored: restart the workloads that read it; the previous key gets its
+    grace period (previousKey.after) before it is deactivated or deleted."""
+    for ref in spec.restart_on_rotation:
+        sync.actions.append(
+            RestartWorkload(
+                workload=ref,
+                version_id=key.version_id,
+                event=normal(
+                    Reason.WORKLOAD_RESTARTED, f"restarted {ref.kind} {ref.name} for the new key"
+                ),
+            )
+        )
+    old_key = status.get("accessKeyId")
+    if not old_key or old_key == key.access_key_id:
+        return
+    previous: dict[str, Any] = {"accessKeyId": old_key, "state": "Active"}
+    if spec.previous_key_action != "Keep":
+        sync.previous_key_due = now + spec.previous_key_after
+        previous["actionAfter"] = isoformat(sync.previous_key_due)
+    sync.facts["previousKey"] = previous
+
+
+def previous_key_work(
+    spec: Spec, status: Mapping[str, Any], now: datetime
+) -> tuple[list[Action], datetime | None]:
+    """Deactivate or delete the previous key once its grace period is over, and only while the
+    target holds the current key (the caller's rule); never the current key."""
+    previous = dict(status.get("previousKey") or {})
+    key_id = previous.get("accessKeyId")
+    due_text = previous.get("actionAfter")
+    if not key_id or not due_text or previous.get("state") != "Active":
+        return [], None
+    if spec.previous_key_action == "Keep" or key_id == status.get("accessKeyId"):
+        return [], None
+    due = datetime.fromisoformat(due_text.replace("Z", "+00:00"))
+    if now < due:
+        return [], due
+    delete = spec.previous_key_action == "Delete"
+    previous["state"] = "Deleted" if delete else "Inactive"
+    event = (
+        normal(Reason.PREVIOUS_KEY_DELETED, f"deleted the previous key {key_id}")
+        if delete
+        else normal(Reason.PREVIOUS_KEY_DEACTIVATED, f"deactivated the previous key {key_id}")
+    )
+    action = RetirePreviousKey(
+        iam_user=spec.iam_user,
+        access_key_id=key_id,
+        delete=delete,
+        facts={"previousKey": previous},
+        event=event,
+    )
+    return [action], None
+
+
+# --- When the sync loop looks (rules of the watch, not of one object's plan) -------------------
+
+
+def scheduled_rotation_due(
+    next_rotation: datetime | None, window: timedelta, now: datetime
+) -> bool:
+    """A scheduled rotation's window is open (plus an hour for Secrets Manager to start it)."""
+    return next_rotation is not None and next_rotation <= now <= (
+        next_rotation + window + timedelta(hours=1)
+    )
+
+
+def schedule_moved(reported_last_rotation: str | None, observed: Observed) -> bool:
+    """AWS reports a later rotation than status does. finishSecret moves AWSCURRENT before
+    Secrets Manager records LastRotatedDate, so the version can be mirrored (by any path) while
+    the rotation's time is not known yet; without this, status kept the previous rotation's
+    times until the next one."""
+    if observed.last_rotated is None:
+        return False
+    reported = reported_last_rotation
+    return reported is None or isoformat(observed.last_rotated) > reported
+
+
+def needs_decision(
+    mirrored_version: str | None, reported: str | None, observed: Observed, *, pending: bool = True
+) -> bool:
+    """What the sync loop saw calls for a decision on the object: a new AWSCURRENT version, a
+    rotation that did not finish (``pending``: the sweep's question; the focus tick waits for
+    the version instead), or a schedule that moved."""
+    return (
+        observed.current_version != mirrored_version
+        or (pending and bool(observed.stuck_pending))
+        or schedule_moved(reported, observed)
+    )

@@ -1,0 +1,290 @@
+"""The rotation rules, each a named pure function, and ``plan`` that chains them. No I/O here.
+
+As cert-manager's ``policies`` chain: every rule answers one question from the observation
+("is this refused, and why?", "is a rotation due?", "does the target need writing?"), and
+``plan(spec, observation, now)`` puts the answers together into a :class:`Plan`: actions, the
+conditions and facts to report, Events, what the index learns and when to look again. Refusals
+come first and return before any action: check, then act.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from keyrotor.conditions import Condition, isoformat
+from keyrotor.kms_keys import kms_key_update_needed
+from keyrotor.mirroring import mirror_key
+from keyrotor.model import (
+    ROTATE_NOW_ANNOTATION,
+    TAG_UID,
+    ConditionType,
+    Reason,
+    Spec,
+    parse_duration,
+)
+from keyrotor.observation import (
+    Observation,
+    Observed,
+    desired_rotation_rules,
+    deterministic_token,
+    initial_version_id,
+    rotation_config_matches,
+)
+from keyrotor.outcome import (
+    Action,
+    AdoptSecret,
+    CancelRotation,
+    ClearPending,
+    ConfigureRotation,
+    CreateSecret,
+    EnsureInstallation,
+    IndexUpdate,
+    Plan,
+    RequestRotation,
+    ScheduleDeletion,
+    TakeClaim,
+    normal,
+    warning,
+)
+from keyrotor.refusals import REFUSALS, Refusal, claim_holder, refuse_suspended
+from keyrotor.tenancy import (
+    ClaimDecision,
+    claim_value,
+)
+
+RETRY_ROTATION_IN_PROGRESS = 10.0
+
+
+# --- Steps: what must exist before a key can rotate ---------------------------------------------
+
+
+def claim_step(spec: Spec, obs: Observation) -> TakeClaim | None:
+    decision, _ = claim_holder(spec, obs)
+    if decision is ClaimDecision.MINE:
+        return None
+    return TakeClaim(
+        iam_user=spec.iam_user,
+        value=claim_value(obs.context.cluster_name, obs.obj.uid),
+        object_label=f"{obs.obj.namespace}/{obs.obj.name}"[:256],
+    )
+
+
+def secret_step(spec: Spec, obs: Observation) -> CreateSecret | AdoptSecret | None:
+    """The secret exists, carries this object's tags, and is not scheduled for deletion."""
+    want = obs.context.secret_tags
+    if obs.secret is None:
+        return CreateSecret(
+            name=spec.secret_name, iam_user=spec.iam_user, tags=want, kms_key_id=spec.kms_key_id
+        )
+    missing = {k: v for k, v in want.items() if obs.secret.tags.get(k) != v}
+    # UpdateSecret only when the secret is under another key than the one the object names.
+    rekey = kms_key_update_needed(spec.kms_key_id, obs.secret.kms_key_id)
+    if missing or obs.secret.deleted or rekey:
+        return AdoptSecret(
+            arn=obs.secret.arn,
+            add_tags=missing,
+            restore=obs.secret.deleted,
+            kms_key_id=spec.kms_key_id if rekey else None,
+        )
+    return None
+
+
+def stuck_rotations(obs: Observation) -> tuple[bool, list[ClearPending]]:
+    """A rotation is running (its AWSPENDING version is younger than stuck_after), or stuck:
+    its AWSPENDING label is cleared so that rotation can go on."""
+    secret = obs.secret
+    running, clear = False, []
+    for version in secret.stuck_pending if secret else ():
+        age = obs.pending_ages.get(version)
+        if age is not None and age < obs.context.stuck_after:
+            running = True
+            continue
+        clear.append(
+            ClearPending(
+                arn=secret.arn if secret else "",
+                version_id=version,
+                event=warning(
+                    Reason.ROTATION_STUCK,
+                    f"rotation to version {version} did not finish; cleared its AWSPENDING label "
+                    f"so rotation can go on (the rotation Lambda's logs say why it stopped)",
+                ),
+            )
+        )
+    return running, clear
+
+
+def never_rotated(obs: Observation) -> bool:
+    """First key: AWSCURRENT is still the version keyrotor created. LastRotatedDate alone is not
+    enough: it comes after finishSecret moved AWSCURRENT, and a restart in between would rotate
+    a second time."""
+    secret = obs.secret
+    return (
+        secret is not None
+        and secret.last_rotated is None
+        and not obs.obj.status.get("accessKeyId")
+        and secret.current_version in (None, initial_version_id(obs.obj.uid))
+    )
+
+
+def rotation_config_step(
+    spec: Spec, obs: Observation, *, running: bool
+) -> ConfigureRotation | None:
+    """Rotation on, with this installation's Lambda and the spec's rules; a new secret is rotated
+    at once, so that a managed key exists."""
+    secret, lambda_arn = obs.secret, obs.lambda_arn or ""
+    first_key = never_rotated(obs) and not running
+    if secret is None or (rotation_config_matches(spec, secret, lambda_arn) and not first_key):
+        return None
+    return ConfigureRotation(
+        arn=secret.arn,
+        lambda_arn=lambda_arn,
+        rules=desired_rotation_rules(spec),
+        rotate_immediately=first_key,
+        event=normal(Reason.ROTATION_REQUESTED, "requested the first rotation: a managed key")
+        if first_key
+        else None,
+    )
+
+
+@dataclass(frozen=True)
+class RotateNow:
+    request: RequestRotation | None = None
+    handled: str | None = None  # requested earlier (before a restart): record it as handled
+    wait: bool = False  # a rotation is running: after it
+
+
+def rotate_now(obs: Observation, *, running: bool) -> RotateNow:
+    """``keyrotor.io/rotate-now``: one rotation per distinct value, at once."""
+    wanted, secret = obs.obj.rotate_now, obs.secret
+    if not wanted or wanted == obs.obj.status.get("rotateNowHandled") or secret is None:
+        return RotateNow()
+    token = deterministic_token("rotate-now", obs.obj.uid, wanted)
+    if token in secret.versions:
+        return RotateNow(handled=wanted)
+    if running:
+        return RotateNow(wait=True)
+    return RotateNow(
+        request=RequestRotation(
+            arn=secret.arn,
+            token=token,
+            cause="rotate-now",
+            facts={"rotateNowHandled": wanted},
+            event=normal(
+                Reason.ROTATION_REQUESTED, f"rotation requested by {ROTATE_NOW_ANNOTATION}"
+            ),
+        )
+    )
+
+
+# --- The chain ----------------------------------------------------------------------------------
+
+
+def refused(plan: Plan, refusal: Refusal, obs: Observation) -> Plan:
+    plan.ready = Condition(ConditionType.READY, False, refusal.reason, refusal.message)
+    if refusal.reason != Reason.SUSPENDED:
+        plan.recheck_after = obs.context.recheck_interval
+    return plan
+
+
+def plan(spec: Spec, obs: Observation, now: datetime) -> Plan:
+    """What to do for one object, from what was observed. Pure."""
+    result = Plan(facts={"effective": spec.effective()})
+    suspended = refuse_suspended(spec)
+    if suspended is not None:
+        return refused(result, suspended, obs)
+    for rule in REFUSALS:
+        refusal = rule(spec, obs)
+        if refusal is not None:
+            return refused(result, refusal, obs)
+    step: Action | None = claim_step(spec, obs)
+    step = step or (None if obs.lambda_arn else EnsureInstallation()) or secret_step(spec, obs)
+    if step is not None:
+        result.actions.append(step)
+        return result
+    return _admitted(spec, obs, now, result)
+
+
+def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan:
+    secret = obs.secret
+    assert secret is not None and obs.lambda_arn  # the steps above made both
+    result.facts.update(lambdaArn=obs.lambda_arn, secretArn=secret.arn, **schedule_facts(secret))
+    running, clear = stuck_rotations(obs)
+    configure = None if clear else rotation_config_step(spec, obs, running=running)
+    if clear or configure:
+        result.actions.extend([*clear, *([configure] if configure else [])])
+        return result
+    result.conditions.append(
+        Condition(
+            ConditionType.ROTATION_CONFIGURED,
+            True,
+            Reason.ROTATION_ENABLED,
+            f"rotation by {obs.lambda_arn} on {spec.schedule_expression}",
+        )
+    )
+    asked = rotate_now(obs, running=running)
+    focus = running or asked.request is not None or asked.handled is not None
+    if asked.request is not None:
+        result.actions.append(asked.request)
+        running = True
+    if asked.handled is not None:
+        result.facts["rotateNowHandled"] = asked.handled
+    if asked.wait:
+        result.recheck_after = RETRY_ROTATION_IN_PROGRESS
+    sync = mirror_key(spec, obs, now, first_key=never_rotated(obs), running=running)
+    result.actions.extend(sync.actions)
+    result.conditions.append(sync.condition)
+    result.facts.update(sync.facts)
+    result.events.extend(sync.events)
+    result.index = IndexUpdate(
+        active=True,
+        iam_user=spec.iam_user,
+        secret_arn=secret.arn,
+        mirrored_version=sync.mirrored_version,
+        next_rotation=secret.next_rotation,
+        window=parse_duration(spec.window, "h") if spec.window else IndexUpdate.window,
+        previous_key_due=sync.previous_key_due,
+        focus=focus or sync.focus,
+    )
+    return result
+
+
+def schedule_facts(secret: Observed) -> dict[str, str]:
+    """The schedule as AWS reports it now (status follows the rotations that happened)."""
+    facts = {}
+    if secret.last_rotated:
+        facts["lastRotationTime"] = isoformat(secret.last_rotated)
+    if secret.next_rotation:
+        facts["nextRotationTime"] = isoformat(secret.next_rotation)
+    return facts
+
+
+# --- Deletion -----------------------------------------------------------------------------------
+
+
+def deletion_plan(spec: Spec, secret: Observed | None, *, uid: str) -> Plan:
+    """The deletion policy, for the secret only when it is this object's own. The mirrored
+    Secret goes with its owner (garbage collection)."""
+    result = Plan()
+    if secret is None or secret.tags.get(TAG_UID) != uid:
+        return result  # never created, or not ours: leave it alone
+    if spec.deletion_policy == "Retain":
+        result.events.append(
+            normal(
+                Reason.SECRET_RETAINED,
+                f"left {secret.arn} and the IAM keys in place (deletionPolicy Retain)",
+            )
+        )
+        return result
+    result.actions.append(CancelRotation(arn=secret.arn))
+    result.actions.append(
+        ScheduleDeletion(arn=secret.arn, recovery_window_days=spec.recovery_window_days)
+    )
+    result.events.append(
+        normal(
+            Reason.SECRET_DELETION_SCHEDULED,
+            f"cancelled rotation and scheduled deletion of {secret.arn} in "
+            f"{spec.recovery_window_days} days (deletionPolicy Delete)",
+        )
+    )
+    return result

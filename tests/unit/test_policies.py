@@ -1,0 +1,502 @@
+"""The planner, rule by rule, without any network (as cert-manager tests its policy chain).
+
+Each test is named after the rule it shows; the observation is built by hand from what the
+adapters would report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from keyrotor import policies
+from keyrotor.mirroring import (
+    TargetState,
+    needs_decision,
+    schedule_moved,
+    scheduled_rotation_due,
+    target_state,
+)
+from keyrotor.model import (
+    CLAIM_TAG,
+    NAMESPACES_TAG,
+    TAG_CLUSTER,
+    TAG_IAM_USER,
+    TAG_NAME,
+    TAG_NAMESPACE,
+    TAG_UID,
+    Reason,
+    Spec,
+    parse_spec,
+)
+from keyrotor.observation import (
+    Context,
+    KeyView,
+    ObjectView,
+    Observation,
+    Observed,
+    TargetView,
+    UserView,
+    deterministic_token,
+    initial_version_id,
+)
+from keyrotor.outcome import (
+    AdoptSecret,
+    CancelRotation,
+    ClearPending,
+    ConfigureRotation,
+    CreateSecret,
+    EnsureInstallation,
+    MirrorKey,
+    Plan,
+    RequestRotation,
+    RestartWorkload,
+    RetirePreviousKey,
+    ScheduleDeletion,
+    TakeClaim,
+)
+from keyrotor.tenancy import Claim
+
+NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+UID = "uid-1"
+USER = "svc"
+LAMBDA = "arn:aws:lambda:us-east-1:123456789012:function:keyrotor-c-rotation"
+ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:keyrotor/c/team-a/app-AbCdEf"
+TAGS = {
+    TAG_CLUSTER: "c",
+    TAG_NAMESPACE: "team-a",
+    TAG_NAME: "app",
+    TAG_UID: UID,
+    TAG_IAM_USER: USER,
+    "app.kubernetes.io/managed-by": "keyrotor",
+}
+
+
+def spec(**overrides: Any) -> Spec:
+    raw: dict[str, Any] = {"iamUser": USER, **overrides}
+    return parse_spec(
+        raw, name="app", namespace="team-a", default_secret_name="keyrotor/c/team-a/app"
+    )
+
+
+def secret(**overrides: Any) -> Observed:
+    values: dict[str, Any] = {
+        "arn": ARN,
+        "current_version": "v2",
+        "versions": ["v1", "v2"],
+        "rotation_enabled": True,
+        "rotation_lambda_arn": LAMBDA,
+        "rotation_rules": {"ScheduleExpression": "rate(90 days)"},
+        "last_rotated": NOW - timedelta(days=1),
+        "next_rotation": NOW + timedelta(days=89),
+        "tags": dict(TAGS),
+    }
+    values.update(overrides)
+    return Observed(**values)
+
+
+def observe(
+    *,
+    status: dict[str, Any] | None = None,
+    rotate_now: str | None = None,
+    **overrides: Any,
+) -> Observation:
+    """A Ready object: claimed, its secret at v2, mirrored, status in step."""
+    values: dict[str, Any] = {
+        "obj": ObjectView(
+            namespace="team-a",
+            name="app",
+            uid=UID,
+            created="2026-01-01T00:00:00Z",
+            generation=1,
+            resource_version="7",
+            rotate_now=rotate_now,
+            status={"versionId": "v2", "accessKeyId": "AKIA2"} if status is None else status,
+        ),
+        "context": Context(
+            cluster_name="c", stuck_after=900, recheck_interval=120, secret_tags=TAGS
+        ),
+        "user": UserView(USER, {NAMESPACES_TAG: "team-a", CLAIM_TAG: f"c/{UID}"}),
+        "claims": (Claim("team-a", "app", UID, "2026-01-01T00:00:00Z", holding=True),),
+        "lambda_arn": LAMBDA,
+        "secret": secret(),
+        "target": TargetView(
+            exists=True, owned=True, version_id="v2", intact=True, matches_spec=True
+        ),
+    }
+    values.update(overrides)
+    return Observation(**values)
+
+
+def kinds(plan: Plan) -> list[type]:
+    return [type(a) for a in plan.actions]
+
+
+def ready_reason(plan: Plan) -> str | None:
+    return plan.ready.reason if plan.ready else None
+
+
+# --- A Ready object: nothing to do ------------------------------------------------------------
+
+
+def test_in_step_nothing_to_do() -> None:
+    plan = policies.plan(spec(), observe(), NOW)
+    assert plan.actions == [] and plan.events == [] and plan.ready is None
+    assert {c.type: c.status for c in plan.conditions} == {
+        "RotationConfigured": True,
+        "Synced": True,
+    }
+    assert plan.index.active and plan.index.mirrored_version == "v2"
+    assert plan.facts["lastRotationTime"] == "2026-01-09T12:00:00Z"
+
+
+# --- Refusals, each before any action ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "observation", "reason", "says"),
+    [
+        ("user_not_found", observe(user=None), Reason.USER_NOT_FOUND, "does not exist"),
+        (
+            "not_authorized",
+            observe(user=UserView(USER, {NAMESPACES_TAG: "other"})),
+            Reason.NOT_AUTHORIZED,
+            "add 'team-a' to it",
+        ),
+        (
+            "claimed_by_another_installation",
+            observe(user=UserView(USER, {NAMESPACES_TAG: "*", CLAIM_TAG: "other/uid-9"})),
+            Reason.CONFLICT,
+            "already claimed",
+        ),
+        (
+            "older_object_wants_the_user",
+            observe(
+                user=UserView(USER, {NAMESPACES_TAG: "*"}),
+                claims=(
+                    Claim("team-a", "app", UID, "2026-01-02T00:00:00Z"),
+                    Claim("team-a", "older", "uid-0", "2026-01-01T00:00:00Z"),
+                ),
+            ),
+            Reason.CONFLICT,
+            "already claimed",
+        ),
+        (
+            "secret_of_another_object",
+            observe(secret=secret(tags={**TAGS, TAG_UID: "uid-2"})),
+            Reason.CONFLICT,
+            "belongs to",
+        ),
+        (
+            "secret_of_nobody_we_know",
+            observe(secret=secret(tags={"team": "x"})),
+            Reason.CONFLICT,
+            "not managed by this keyrotor installation",
+        ),
+        (
+            "key_of_another_user",
+            observe(key=KeyView("v2", "someone-else", "AKIA2")),
+            Reason.CONFLICT,
+            "holds a key of IAM user 'someone-else'",
+        ),
+        (
+            "target_secret_not_ours",
+            observe(target=TargetView(exists=True, owned=False)),
+            Reason.CONFLICT,
+            "is not managed by this AccessKeyRotation",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_refusal_acts_on_nothing(
+    name: str, observation: Observation, reason: str, says: str
+) -> None:
+    plan = policies.plan(spec(), observation, NOW)
+    assert ready_reason(plan) == reason
+    assert says in plan.ready.message  # type: ignore[union-attr]
+    assert plan.actions == []
+    assert not plan.index.active
+    assert plan.recheck_after == 120
+
+
+def test_suspended_acts_on_nothing_and_waits_for_the_spec() -> None:
+    plan = policies.plan(spec(suspend=True), observe(), NOW)
+    assert ready_reason(plan) == Reason.SUSPENDED
+    assert plan.actions == [] and plan.recheck_after is None and not plan.index.active
+
+
+# --- Steps: claim, installation, secret ------------------------------------------------------
+
+
+def test_claim_is_taken_when_free() -> None:
+    obs = observe(user=UserView(USER, {NAMESPACES_TAG: "*"}))
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [TakeClaim] and plan.again
+    assert plan.actions[0].value == f"c/{UID}"  # type: ignore[attr-defined]
+
+
+def test_stale_claim_of_this_installation_is_taken() -> None:
+    obs = observe(user=UserView(USER, {NAMESPACES_TAG: "*", CLAIM_TAG: "c/uid-gone"}))
+    assert kinds(policies.plan(spec(), obs, NOW)) == [TakeClaim]
+
+
+def test_installation_is_ensured_before_the_secret() -> None:
+    plan = policies.plan(spec(), observe(lambda_arn=None, secret=None), NOW)
+    assert kinds(plan) == [EnsureInstallation] and plan.again
+
+
+def test_secret_is_created_when_missing() -> None:
+    plan = policies.plan(spec(), observe(secret=None, target=TargetView(exists=False)), NOW)
+    assert kinds(plan) == [CreateSecret]
+    assert plan.actions[0].tags == TAGS  # type: ignore[attr-defined]
+
+
+def test_secret_scheduled_for_deletion_is_restored_and_tagged() -> None:
+    untagged = {k: v for k, v in TAGS.items() if k != TAG_IAM_USER}
+    plan = policies.plan(spec(), observe(secret=secret(deleted=True, tags=untagged)), NOW)
+    assert kinds(plan) == [AdoptSecret]
+    action = plan.actions[0]
+    assert action.restore and action.add_tags == {TAG_IAM_USER: USER}  # type: ignore[attr-defined]
+
+
+# --- First key --------------------------------------------------------------------------------
+
+
+def _new_secret(**overrides: Any) -> Observed:
+    values: dict[str, Any] = {
+        "current_version": initial_version_id(UID),
+        "versions": [initial_version_id(UID)],
+        "rotation_enabled": False,
+        "rotation_lambda_arn": None,
+        "rotation_rules": {},
+        "last_rotated": None,
+        "next_rotation": None,
+    }
+    return secret(**{**values, **overrides})
+
+
+def test_first_key_is_requested_with_the_rotation_configuration() -> None:
+    obs = observe(status={}, secret=_new_secret(), target=TargetView(exists=False))
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [ConfigureRotation]
+    action = plan.actions[0]
+    assert action.rotate_immediately  # type: ignore[attr-defined]
+    assert action.event.reason == Reason.ROTATION_REQUESTED  # type: ignore[union-attr]
+
+
+def test_first_key_running_waits_for_the_key() -> None:
+    pending = initial_version_id(UID), "v-pending"
+    configured = _new_secret(pending_versions=["v-pending"], versions=list(pending))
+    configured = replace(
+        configured,
+        rotation_enabled=True,
+        rotation_lambda_arn=LAMBDA,
+        rotation_rules={"ScheduleExpression": "rate(90 days)"},
+    )
+    obs = observe(
+        status={}, secret=configured, pending_ages={"v-pending": 5.0}, target=TargetView(False)
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.actions == []
+    synced = next(c for c in plan.conditions if c.type == "Synced")
+    assert synced.reason == Reason.ROTATION_PENDING and plan.index.focus
+
+
+def test_first_key_cleared_as_stuck_is_requested_again() -> None:
+    configured = replace(
+        _new_secret(),
+        current_version="v-made-by-someone",
+        rotation_enabled=True,
+        rotation_lambda_arn=LAMBDA,
+        rotation_rules={"ScheduleExpression": "rate(90 days)"},
+    )
+    obs = observe(status={}, secret=configured, key=KeyView("v-made-by-someone", USER, ""))
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [RequestRotation]
+    assert plan.actions[0].if_idle  # type: ignore[attr-defined]
+
+
+# --- Stuck rotations -------------------------------------------------------------------------
+
+
+def test_stuck_rotation_is_cleared_and_a_young_one_is_left_running() -> None:
+    stuck = secret(pending_versions=["v-old", "v-young"], versions=["v2", "v-old", "v-young"])
+    obs = observe(secret=stuck, pending_ages={"v-old": 1000.0, "v-young": 10.0})
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [ClearPending]
+    assert plan.actions[0].version_id == "v-old"  # type: ignore[attr-defined]
+    assert plan.actions[0].event.reason == Reason.ROTATION_STUCK  # type: ignore[union-attr]
+
+
+# --- rotate-now ------------------------------------------------------------------------------
+
+
+def test_rotate_now_requests_one_rotation_per_value() -> None:
+    plan = policies.plan(spec(), observe(rotate_now="r1"), NOW)
+    assert kinds(plan) == [RequestRotation]
+    action = plan.actions[0]
+    assert action.token == deterministic_token("rotate-now", UID, "r1")  # type: ignore[attr-defined]
+    # Recorded as handled only with the request's success (the action's facts).
+    assert action.facts == {"rotateNowHandled": "r1"}
+    assert "rotateNowHandled" not in plan.facts and plan.index.focus
+    handled = observe(rotate_now="r1", status={"versionId": "v2", "rotateNowHandled": "r1"})
+    assert policies.plan(spec(), handled, NOW).actions == []
+
+
+def test_rotate_now_requested_before_a_restart_is_recorded() -> None:
+    token = deterministic_token("rotate-now", UID, "r1")
+    obs = observe(rotate_now="r1", secret=secret(versions=["v2", token]))
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.actions == [] and plan.facts["rotateNowHandled"] == "r1"
+
+
+def test_rotate_now_waits_for_a_running_rotation() -> None:
+    running = secret(pending_versions=["v3"], versions=["v2", "v3"])
+    obs = observe(rotate_now="r1", secret=running, pending_ages={"v3": 3.0})
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.actions == [] and plan.recheck_after == policies.RETRY_ROTATION_IN_PROGRESS
+
+
+# --- Mirroring: rotation, repair, update -------------------------------------------------------
+
+
+def test_rotation_is_mirrored_then_workloads_restart_and_the_grace_period_starts() -> None:
+    obs = observe(
+        secret=secret(current_version="v3"),
+        key=KeyView("v3", USER, "AKIA3"),
+        status={"versionId": "v2", "accessKeyId": "AKIA2"},
+    )
+    plan = policies.plan(spec(restartOnRotation=[{"kind": "Deployment", "name": "web"}]), obs, NOW)
+    assert kinds(plan) == [MirrorKey, RestartWorkload]
+    assert plan.actions[0].cause == "rotation"  # type: ignore[attr-defined]
+    assert plan.facts["previousKey"] == {
+        "accessKeyId": "AKIA2",
+        "state": "Active",
+        "actionAfter": "2026-01-11T12:00:00Z",
+    }
+    assert plan.index.previous_key_due == NOW + timedelta(hours=24)
+    assert [e.reason for e in plan.events] == [Reason.SYNCED]
+
+
+def test_repair_puts_back_an_edited_secret() -> None:
+    obs = observe(
+        target=TargetView(exists=True, owned=True, version_id="v2", intact=False),
+        key=KeyView("v2", USER, "AKIA2"),
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [MirrorKey]
+    assert plan.actions[0].cause == "repair"  # type: ignore[attr-defined]
+    assert plan.events[0].reason == Reason.SECRET_REPAIRED and "drifted" in plan.events[0].message
+
+
+def test_repair_puts_back_a_deleted_secret() -> None:
+    obs = observe(target=TargetView(exists=False), key=KeyView("v2", USER, "AKIA2"))
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [MirrorKey] and "missing" in plan.events[0].message
+
+
+def test_target_options_changed_is_an_update_not_a_repair() -> None:
+    obs = observe(
+        target=TargetView(True, True, "v2", intact=True, matches_spec=False),
+        key=KeyView("v2", USER, "AKIA2"),
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.actions[0].cause == "update"  # type: ignore[attr-defined]
+    assert plan.events[0].reason == Reason.SYNCED
+
+
+def test_version_mirrored_before_status_recorded_it_is_a_rotation_without_a_write() -> None:
+    obs = observe(
+        secret=secret(current_version="v3"),
+        target=TargetView(True, True, "v3", intact=True, matches_spec=True),
+        key=KeyView("v3", USER, "AKIA3"),
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.actions == [] and plan.facts["versionId"] == "v3"
+    assert plan.facts["previousKey"]["accessKeyId"] == "AKIA2"
+
+
+def test_target_state() -> None:
+    assert target_state(None, "v") is TargetState.MISSING
+    assert target_state(TargetView(True, True, "v", True, True), "v") is TargetState.CURRENT
+    assert target_state(TargetView(True, True, "u", True, True), "v") is TargetState.DRIFTED
+    assert target_state(TargetView(True, True, "v", True, False), "v") is TargetState.OUTDATED
+
+
+# --- The previous key and its grace period ----------------------------------------------------
+
+
+def _with_previous(after: datetime, state: str = "Active") -> dict[str, Any]:
+    return {
+        "versionId": "v2",
+        "accessKeyId": "AKIA2",
+        "previousKey": {
+            "accessKeyId": "AKIA1",
+            "state": state,
+            "actionAfter": after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    }
+
+
+def test_grace_period_keeps_the_previous_key_until_it_ends() -> None:
+    due = NOW + timedelta(hours=3)
+    plan = policies.plan(spec(), observe(status=_with_previous(due)), NOW)
+    assert plan.actions == [] and plan.index.previous_key_due == due
+
+
+@pytest.mark.parametrize(("action", "state"), [("Deactivate", "Inactive"), ("Delete", "Deleted")])
+def test_previous_key_is_retired_after_the_grace_period(action: str, state: str) -> None:
+    obs = observe(status=_with_previous(NOW - timedelta(seconds=1)))
+    plan = policies.plan(spec(previousKey={"action": action}), obs, NOW)
+    assert kinds(plan) == [RetirePreviousKey]
+    retire = plan.actions[0]
+    assert retire.access_key_id == "AKIA1"  # type: ignore[attr-defined]
+    assert retire.facts["previousKey"]["state"] == state
+
+
+def test_previous_key_keep_is_never_retired() -> None:
+    obs = observe(status=_with_previous(NOW - timedelta(days=1)))
+    assert policies.plan(spec(previousKey={"action": "Keep"}), obs, NOW).actions == []
+
+
+def test_previous_key_already_retired_is_left_alone() -> None:
+    obs = observe(status=_with_previous(NOW - timedelta(days=1), state="Inactive"))
+    assert policies.plan(spec(), obs, NOW).actions == []
+
+
+# --- When the sync loop looks -------------------------------------------------------------------
+
+
+def test_due_while_the_window_is_open() -> None:
+    window = timedelta(hours=2)
+    assert scheduled_rotation_due(NOW, window, NOW + timedelta(hours=1))
+    assert not scheduled_rotation_due(NOW, window, NOW - timedelta(seconds=1))
+    assert not scheduled_rotation_due(NOW, window, NOW + timedelta(hours=3, seconds=1))
+    assert not scheduled_rotation_due(None, window, NOW)
+
+
+def test_schedule_moved_after_the_version_was_mirrored() -> None:
+    rotated = secret(last_rotated=NOW)
+    assert schedule_moved("2026-01-09T12:00:00Z", rotated)
+    assert not schedule_moved("2026-01-10T12:00:00Z", rotated)
+    assert needs_decision("v2", "2026-01-09T12:00:00Z", rotated)
+    assert not needs_decision("v2", "2026-01-10T12:00:00Z", rotated)
+    assert needs_decision("v1", "2026-01-10T12:00:00Z", rotated)
+
+
+# --- Deletion ---------------------------------------------------------------------------------
+
+
+def test_deletion_policy_delete_cancels_and_schedules() -> None:
+    plan = policies.deletion_plan(
+        spec(secretsManager={"deletionPolicy": "Delete"}), secret(), uid=UID
+    )
+    assert kinds(plan) == [CancelRotation, ScheduleDeletion]
+
+
+def test_deletion_leaves_a_secret_that_is_not_ours() -> None:
+    plan = policies.deletion_plan(spec(), secret(tags={TAG_UID: "uid-2"}), uid=UID)
+    assert plan.actions == [] and plan.events == []
