@@ -251,15 +251,10 @@ def _metadata_map(value: Any, path: str, *, labels: bool) -> dict[str, str]:
     return result
 
 
-def parse_spec(
-    spec: Mapping[str, Any], *, name: str, namespace: str, default_secret_name: str
-) -> Spec:
-    """Validate and default a raw spec. Raises SpecError naming the field."""
-    iam_user = spec.get("iamUser")
-    if not isinstance(iam_user, str) or not IAM_USER_RE.match(iam_user):
-        raise SpecError(f"spec.iamUser {iam_user!r}: must match {IAM_USER_RE.pattern}")
-
-    rotation = _mapping(spec.get("rotation"), "spec.rotation")
+def _parse_rotation(value: Any) -> tuple[str, str | None, str | None, timedelta | None]:
+    """spec.rotation: (schedule expression, interval, window, the interval's length or None for a
+    cron schedule)."""
+    rotation = _mapping(value, "spec.rotation")
     interval = rotation.get("interval") or None
     schedule = rotation.get("schedule") or None
     if interval and schedule:
@@ -285,6 +280,42 @@ def parse_spec(
             parse_duration(window, units="h")
         except ValueError as exc:
             raise SpecError(f"spec.rotation.window: {exc}") from None
+    return expression, interval, window, length
+
+
+def _parse_previous_key(value: Any, length: timedelta | None) -> tuple[str, timedelta]:
+    """spec.previousKey: (action, grace period). The grace period must end before the next
+    rotation (``length`` away, when known), which may remove the previous key."""
+    previous = _mapping(value, "spec.previousKey")
+    action = previous.get("action") or DEFAULT_PREVIOUS_KEY_ACTION
+    if action not in PREVIOUS_KEY_ACTIONS:
+        raise SpecError(f"spec.previousKey.action {action!r}: Keep, Deactivate or Delete")
+    after_text = previous.get("after") or DEFAULT_PREVIOUS_KEY_AFTER
+    try:
+        after = parse_duration(after_text, units="smhd")
+    except ValueError as exc:
+        raise SpecError(f"spec.previousKey.after: {exc}") from None
+    if after > MAX_INTERVAL:
+        raise SpecError(f"spec.previousKey.after {after_text!r}: must be at most 1000d")
+    if length is not None and after >= length:
+        given = "" if previous.get("after") else ", the default"
+        raise SpecError(
+            f"spec.previousKey.after {after_text!r}{given}: must be shorter than the rotation "
+            f"interval ({_format_timedelta(length)}), or the next rotation would remove the "
+            "previous key while workloads may still use it; set a shorter previousKey.after"
+        )
+    return action, after
+
+
+def parse_spec(
+    spec: Mapping[str, Any], *, name: str, namespace: str, default_secret_name: str
+) -> Spec:
+    """Validate and default a raw spec. Raises SpecError naming the field."""
+    iam_user = spec.get("iamUser")
+    if not isinstance(iam_user, str) or not IAM_USER_RE.match(iam_user):
+        raise SpecError(f"spec.iamUser {iam_user!r}: must match {IAM_USER_RE.pattern}")
+
+    expression, interval, window, length = _parse_rotation(spec.get("rotation"))
 
     sm = _mapping(spec.get("secretsManager"), "spec.secretsManager")
     deletion_policy = sm.get("deletionPolicy") or "Retain"
@@ -308,24 +339,7 @@ def parse_spec(
             )
         restarts.append(WorkloadRef(kind=ref["kind"], name=ref["name"]))
 
-    previous = _mapping(spec.get("previousKey"), "spec.previousKey")
-    action = previous.get("action") or DEFAULT_PREVIOUS_KEY_ACTION
-    if action not in PREVIOUS_KEY_ACTIONS:
-        raise SpecError(f"spec.previousKey.action {action!r}: Keep, Deactivate or Delete")
-    after_text = previous.get("after") or DEFAULT_PREVIOUS_KEY_AFTER
-    try:
-        after = parse_duration(after_text, units="smhd")
-    except ValueError as exc:
-        raise SpecError(f"spec.previousKey.after: {exc}") from None
-    if after > MAX_INTERVAL:
-        raise SpecError(f"spec.previousKey.after {after_text!r}: must be at most 1000d")
-    if length is not None and after >= length:
-        given = "" if previous.get("after") else ", the default"
-        raise SpecError(
-            f"spec.previousKey.after {after_text!r}{given}: must be shorter than the rotation "
-            f"interval ({_format_timedelta(length)}), or the next rotation would remove the "
-            "previous key while workloads may still use it; set a shorter previousKey.after"
-        )
+    action, after = _parse_previous_key(spec.get("previousKey"), length)
 
     return Spec(
         iam_user=iam_user,

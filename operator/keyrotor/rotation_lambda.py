@@ -38,7 +38,9 @@ Safety rules, whatever step is retried and however often:
   key id; nothing is deleted, and the rotation stops until someone deactivates or deletes it;
 * a lost PutSecretValue response is told apart from a failed write by reading the pending version
   back: a stored key is kept (the step is done), an unstored one is deleted at once (or by the
-  retry's orphan sweep when that cannot be known);
+  retry's orphan sweep when that cannot be known); a failed CreateAccessKey (whose key may exist
+  although its answer was lost) is followed by the same orphan sweep at once, so that the last
+  attempt leaves no key that a later rotation could not tell from a key in use;
 * testSecret proves the pending key authenticates as the user (sts:GetCallerIdentity), with bounded
   exponential backoff while a new key propagates through IAM;
 * finishSecret moves AWSCURRENT to the new version and leaves no AWSPENDING behind.
@@ -284,12 +286,49 @@ def _create_secret(
     pending_since = _created(versions, token)
     if pending_since is None:
         raise RotationError(f"version {token} of secret {arn} is not listed")
-    keys = _list_keys(iam, user, arn)
+    keys = _sweep_orphans(iam, user, token, _list_keys(iam, user, arn), current_key, pending_since)
+    if len(keys) >= 2:
+        victim = _key_to_remove(sm, arn, token, user, keys, current_key, versions)
+        logger.info("createSecret: deleting key %s of %s to make room", victim, user)
+        iam.delete_access_key(UserName=user, AccessKeyId=victim)
 
-    # A key made by an earlier attempt of this same token (its PutSecretValue failed or its answer
-    # was lost): not current and created no earlier than the pending version. IAM and Secrets
-    # Manager dates are compared at one-second precision, the coarser of the two.
-    for key in list(keys):
+    try:
+        created = iam.create_access_key(UserName=user)["AccessKey"]
+    except Exception:
+        # The key may exist although its answer was lost: on the last attempt no retry's sweep
+        # would find it, and the next rotation could not tell it from a key in use.
+        _sweep_after_lost_create(iam, user, token, current_key, pending_since, arn)
+        raise
+    _store_pending(sm, iam, arn, token, user, current, created)
+
+
+def _sweep_after_lost_create(
+    iam: IAMClient, user: str, token: str, current_key: str | None, since: int, arn: str
+) -> None:
+    try:
+        _sweep_orphans(iam, user, token, _list_keys(iam, user, arn), current_key, since)
+    except Exception as error:  # best effort: the retry's sweep does the same
+        logger.warning(
+            "createSecret: could not look for a key made by a failed CreateAccessKey of %s: %s",
+            user,
+            _describe_error(error),
+        )
+
+
+def _sweep_orphans(
+    iam: IAMClient,
+    user: str,
+    token: str,
+    keys: list[dict[str, Any]],
+    current_key: str | None,
+    pending_since: int,
+) -> list[dict[str, Any]]:
+    """Delete the keys an earlier attempt of this same token made (its PutSecretValue failed or
+    its answer was lost): not current and created no earlier than the pending version. IAM and
+    Secrets Manager dates are compared at one-second precision, the coarser of the two. Returns
+    the keys that are left."""
+    left = []
+    for key in keys:
         if key["AccessKeyId"] != current_key and _seconds(key["CreateDate"]) >= pending_since:
             logger.info(
                 "createSecret: deleting key %s of %s left by an earlier attempt of %s",
@@ -298,14 +337,21 @@ def _create_secret(
                 token,
             )
             iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
-            keys.remove(key)
+        else:
+            left.append(key)
+    return left
 
-    if len(keys) >= 2:
-        victim = _key_to_remove(sm, arn, token, user, keys, current_key, versions)
-        logger.info("createSecret: deleting key %s of %s to make room", victim, user)
-        iam.delete_access_key(UserName=user, AccessKeyId=victim)
 
-    created = iam.create_access_key(UserName=user)["AccessKey"]
+def _store_pending(
+    sm: SecretsManagerClient,
+    iam: IAMClient,
+    arn: str,
+    token: str,
+    user: str,
+    current: dict[str, Any],
+    created: Mapping[str, Any],
+) -> None:
+    """Store the new key under the token; a lost answer is told apart from a failed write."""
     new_id = created["AccessKeyId"]
     pending = dict(current, accesskey=new_id, secretkey=created["SecretAccessKey"])
     try:

@@ -17,13 +17,14 @@ MAX_MODULE_LINES = 400
 # Owned by other branches at the time of writing (spec validation, the Lambda's two-key rule,
 # the CLI's commands): to be split there, not under their feet.
 KNOWN_BIG = {"aws.policies", "ctl"}  # the policy and ops branches'
+# One file by design (DESIGN.md: "one module ... shipped as the Lambda's code", zipped alone as
+# lambda_function.py), its safety rules in its docstring: it cannot be split into modules.
+ONE_FILE_BY_DESIGN = {"rotation_lambda"}
 KNOWN_LONG = {
     "aws.policies": {"operator_policy"},
     "policy_command": {"add_parser"},
     "ctl": {"render_status"},
     "metrics": {"collect"},
-    "model": {"parse_spec"},
-    "rotation_lambda": {"_create_secret"},
     "cli": {"build_parser"},
 }
 
@@ -69,6 +70,8 @@ def _name(path: Path) -> str:
 def test_no_module_over_400_lines(path: Path) -> None:
     if _name(path) in KNOWN_BIG:
         pytest.skip("owned by another branch at the time of writing")
+    if _name(path) in ONE_FILE_BY_DESIGN:
+        pytest.skip("shipped as one file (the rotation Lambda)")
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
 
 
