@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 
@@ -37,7 +38,7 @@ VALUES: dict[str, list[str]] = {
         "replicaCount=1",
         "leaderElection.enabled=false",
     ],
-    "namespaced": ["clusterName=prod-eu-1", "namespaces={team-a,team-b}"],
+    "namespaced": ["clusterName=prod-eu-1", "rbac.namespaced=true", "namespaces={team-a,team-b}"],
     "monitoring": [
         "clusterName=prod-eu-1",
         "metrics.serviceMonitor.enabled=true",
@@ -219,23 +220,50 @@ def test_rendered_objects_pass_a_server_side_dry_run(
     (schemas, CRD schemas, defaulting, admission) and stores nothing."""
     from kubernetes import dynamic
 
-    docs = render(helm, VALUES[combination], namespace=namespace)
+    # The namespaces the chart serves in namespaced mode must exist for its Roles.
+    core = kubernetes.client.CoreV1Api(kube_admin_api)
+    served = {"team-a": f"{namespace}-a", "team-b": f"{namespace}-b"}
+    for name in served.values():
+        core.create_namespace(
+            kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
+        )
+    values = [
+        v.replace("team-a", served["team-a"]).replace("team-b", served["team-b"])
+        for v in VALUES[combination]
+    ]
+    rendered = template(helm, values, namespace)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     client = dynamic.DynamicClient(kube_admin_api)
     refused = {}
-    for (kind, name), document in docs.items():
-        resource = client.resources.get(api_version=document["apiVersion"], kind=kind)
-        try:
-            client.server_side_apply(
-                resource,
-                body=document,
-                namespace=namespace if resource.namespaced else None,
-                field_manager="keyrotor-chart-test",
-                force_conflicts=True,
-                dry_run="All",
-            )
-        except Exception as exc:
-            refused[(kind, name)] = getattr(exc, "body", None) or repr(exc)
+    try:
+        for document in documents:
+            kind, name = document["kind"], document["metadata"]["name"]
+            resource = client.resources.get(api_version=document["apiVersion"], kind=kind)
+            try:
+                client.server_side_apply(
+                    resource,
+                    body=document,
+                    namespace=(document["metadata"].get("namespace") or namespace)
+                    if resource.namespaced
+                    else None,
+                    field_manager="keyrotor-chart-test",
+                    force_conflicts=True,
+                    dry_run="All",
+                )
+            except Exception as exc:
+                refused[(kind, name)] = getattr(exc, "body", None) or repr(exc)
+    finally:
+        for name in served.values():
+            core.delete_namespace(name)
     assert refused == {}
+    if combination == "namespaced":
+        roles = {
+            (d["metadata"]["namespace"], d["metadata"]["name"])
+            for d in documents
+            if d["kind"] == "Role"
+        }
+        assert {ns for ns, _ in roles} >= set(served.values())
     # Dry run: nothing was stored.
     apps = dynamic.DynamicClient(kube_admin_api).resources.get(
         api_version="apps/v1", kind="Deployment"
