@@ -49,6 +49,9 @@ INSTALLATION_ENSURED = Counter(
 RETRIES = Counter(
     "keyrotor_retries_total", "Failed decisions scheduled again with backoff (per object)"
 )
+DEAD_KEY_CHECKS = Counter(
+    "keyrotor_dead_key_checks_total", "Checks of every mirrored key in IAM's credential report"
+)
 BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 SYNC_SWEEP_SECONDS = Histogram(

@@ -11,7 +11,14 @@ from typing import Any
 
 from keyrotor.conditions import Condition, isoformat
 from keyrotor.model import ConditionType, Reason, Spec
-from keyrotor.observation import KeyView, Observation, Observed, TargetView, initial_version_id
+from keyrotor.observation import (
+    KeyView,
+    Observation,
+    Observed,
+    TargetView,
+    deterministic_token,
+    initial_version_id,
+)
 from keyrotor.outcome import (
     Action,
     Event,
@@ -106,6 +113,41 @@ def mirror_key(
     return mirror_new_version(spec, obs, key, now)
 
 
+def dead_key(obs: Observation, *, running: bool) -> Sync | None:
+    """The mirrored key was deleted or deactivated outside keyrotor (IAM's credential report):
+    Synced=False with its own reason, and a rotation to replace it (once per dead key). No newer
+    version to mirror yet: otherwise mirroring it is the cure. The grace period does not hold
+    this rotation back: the Lambda makes room by removing the dead key itself (inactive or gone),
+    never the previous Active one."""
+    status, secret = obs.obj.status, obs.secret
+    key_id = status.get("accessKeyId")
+    if obs.dead_key is None or secret is None or secret.current_version != status.get("versionId"):
+        return None
+    what = "deleted" if obs.dead_key == "gone" else "deactivated"
+    condition = Condition(
+        ConditionType.SYNCED,
+        False,
+        Reason.DEAD_KEY,
+        f"the mirrored key {key_id} was {what} outside keyrotor (IAM credential report); "
+        f"a rotation replaces it",
+    )
+    sync = Sync(condition, mirrored_version=secret.current_version, focus=True)
+    token = deterministic_token("heal", obs.obj.uid, str(key_id))
+    if token not in secret.versions and not running:
+        sync.actions.append(
+            RequestRotation(
+                arn=secret.arn,
+                token=token,
+                cause="dead-key",
+                event=warning(
+                    Reason.ROTATION_REQUESTED,
+                    f"requested a rotation: the mirrored key {key_id} was {what} outside keyrotor",
+                ),
+            )
+        )
+    return sync
+
+
 def first_key_again(secret: Observed, *, running: bool, mirrored: str | None) -> Sync:
     """No key yet and no rotation running: the first rotation was cleared as stuck (or never
     started). Ask again, or the object would wait for its first key for ever."""
@@ -173,7 +215,7 @@ def mirror_new_version(spec: Spec, obs: Observation, key: KeyView, now: datetime
         )
     sync.events.append(event)
     if rotated:
-        after_rotation(spec, status, key, now, sync)
+        after_rotation(spec, status, key, now, sync, dead=obs.dead_key)
     else:
         retire, sync.previous_key_due = previous_key_work(spec, status, now)
         sync.actions.extend(retire)
@@ -181,7 +223,13 @@ def mirror_new_version(spec: Spec, obs: Observation, key: KeyView, now: datetime
 
 
 def after_rotation(
-    spec: Spec, status: Mapping[str, Any], key: KeyView, now: datetime, sync: Sync
+    spec: Spec,
+    status: Mapping[str, Any],
+    key: KeyView,
+    now: datetime,
+    sync: Sync,
+    *,
+    dead: str | None = None,
 ) -> None:
     """A new key is mirrored: restart the workloads that read it; the previous key gets its
     grace period (previousKey.after) before it is deactivated or deleted."""
@@ -200,6 +248,10 @@ def after_rotation(
         return
     # actionAfter: when the grace period ends (for Keep too: no rotation keyrotor requests
     # removes the previous key before then).
+    if dead is not None:  # replaced because it was dead: nothing to wait for, nothing to retire
+        state = "Deleted" if dead == "gone" else "Inactive"
+        sync.facts["previousKey"] = {"accessKeyId": old_key, "state": state}
+        return
     grace_end = now + spec.previous_key_after
     previous = {"accessKeyId": old_key, "state": "Active", "actionAfter": isoformat(grace_end)}
     if spec.previous_key_action != "Keep":

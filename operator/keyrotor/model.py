@@ -76,6 +76,7 @@ class Reason:
     ROTATION_REQUESTED = "RotationRequested"
     ROTATION_PENDING = "RotationPending"
     GRACE_PERIOD = "GracePeriod"
+    DEAD_KEY = "DeadKey"  # the mirrored key was deleted or deactivated outside keyrotor
     ROTATION_STUCK = "RotationStuck"
     ROTATION_FAILED = "RotationFailed"  # Secrets Manager refused a rotation keyrotor asked for
     SYNCED = "Synced"

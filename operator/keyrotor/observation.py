@@ -131,3 +131,6 @@ class Observation:
     pending_ages: Mapping[str, float | None] = field(default_factory=dict)
     target: TargetView | None = None
     key: KeyView | None = None
+    # What IAM's credential report says of the mirrored key (status.accessKeyId) when it is not
+    # usable: "gone" (deleted) or "inactive" (deactivated outside keyrotor); None: usable.
+    dead_key: str | None = None

@@ -149,6 +149,7 @@ class IndexUpdate:
     iam_user: str | None = None
     secret_arn: str | None = None
     mirrored_version: str | None = None
+    access_key_id: str | None = None  # the mirrored key (the dead-key check looks it up)
     next_rotation: datetime | None = None
     window: timedelta = timedelta(hours=1)
     previous_key_due: datetime | None = None

@@ -16,7 +16,7 @@ from typing import Any
 
 from keyrotor.conditions import Condition, find_condition, isoformat
 from keyrotor.kms_keys import kms_key_update_needed
-from keyrotor.mirroring import mirror_key
+from keyrotor.mirroring import dead_key, mirror_key
 from keyrotor.model import (
     END_GRACE_ANNOTATION,
     ROTATE_NOW_ANNOTATION,
@@ -247,7 +247,9 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
         result.recheck_after = RETRY_ROTATION_IN_PROGRESS
     if asked.grace_until is not None:
         result.recheck_after = (asked.grace_until - now).total_seconds() + 1
-    sync = mirror_key(spec, obs, now, first_key=never_rotated(obs), running=running)
+    sync = dead_key(obs, running=running) or mirror_key(
+        spec, obs, now, first_key=never_rotated(obs), running=running
+    )
     result.actions.extend(sync.actions)
     result.conditions.append(sync.condition)
     result.facts.update(sync.facts)
@@ -257,6 +259,7 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
         iam_user=spec.iam_user,
         secret_arn=secret.arn,
         mirrored_version=sync.mirrored_version,
+        access_key_id=result.facts.get("accessKeyId") or obs.obj.status.get("accessKeyId"),
         next_rotation=secret.next_rotation,
         window=parse_duration(spec.window, "h") if spec.window else IndexUpdate.window,
         previous_key_due=sync.previous_key_due,

@@ -162,8 +162,18 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         secret=secret,
         pending_ages=ages,
         target=target,
+        dead_key=_dead_key(rt, obj),
     )
     return _with_key(rt, observation, spec)
+
+
+def _dead_key(rt: Runtime, obj: ObjectView) -> str | None:
+    """The dead-key check's verdict on the key status says is mirrored, if it has one."""
+    entry = rt.index.get(obj.namespace, obj.name)
+    verdict = entry.key_verdict if entry is not None and entry.uid == obj.uid else None
+    if verdict is None or verdict[0] != obj.status.get("accessKeyId"):
+        return None
+    return verdict[1]
 
 
 def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:

@@ -631,3 +631,30 @@ def test_target_replaced_after_mirroring_is_a_sync_failure_and_never_overwritten
     assert plan.ready is None and plan.actions == []
     synced = next(c for c in plan.conditions if c.type == "Synced")
     assert not synced.status and synced.reason == Reason.SYNC_FAILED
+
+
+# --- Dead keys ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("verdict", "what"), [("gone", "deleted"), ("inactive", "deactivated")])
+def test_dead_key_is_reported_and_a_rotation_replaces_it(verdict: str, what: str) -> None:
+    plan = policies.plan(spec(), observe(dead_key=verdict, status=_with_previous(NOW)), NOW)
+    assert kinds(plan) == [RequestRotation]
+    heal = plan.actions[0]
+    assert heal.token == deterministic_token("heal", UID, "AKIA2")  # type: ignore[attr-defined]
+    synced = next(c for c in plan.conditions if c.type == "Synced")
+    assert not synced.status and synced.reason == Reason.DEAD_KEY and what in synced.message
+    # Requested once: the same dead key is not rotated again.
+    again = observe(dead_key=verdict, secret=secret(versions=["v2", heal.token]))  # type: ignore[attr-defined]
+    assert policies.plan(spec(), again, NOW).actions == []
+
+
+def test_dead_key_replaced_leaves_no_grace_period_behind() -> None:
+    obs = observe(
+        dead_key="gone",
+        secret=secret(current_version="v3"),
+        key=KeyView("v3", USER, "AKIA3"),
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.facts["previousKey"] == {"accessKeyId": "AKIA2", "state": "Deleted"}
+    assert plan.facts["accessKeyId"] == "AKIA3"
