@@ -103,6 +103,10 @@ def _steps_by_reason(here: str) -> dict[str, str]:
             f"resume with: kubectl patch akr {here} --type merge -p "
             '\'{"spec":{"suspend":false}}\''
         ),
+        Reason.DEAD_KEY: (
+            "wait: keyrotor requested a rotation that replaces the dead key (Events show it); "
+            "until then the Secret holds a key that does not work"
+        ),
         Reason.SYNC_FAILED: (
             "the mirrored Secret could not be written or read as the message says; fix that "
             "and keyrotor puts it back at the next sync"

@@ -13,6 +13,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HEALTH_LUA = ROOT / "deploy" / "argocd" / "health.lua"
 CRD_PATH = ROOT / "crds" / "keyrotor.io_accesskeyrotations.yaml"
 ARGOCD_CM = ROOT / "deploy" / "argocd" / "argocd-cm.yaml"
-KEYROTOR_ARGS = ("--stuck-after", "60")  # keep a crashed first rotation pending while captured
+# Keep a crashed rotation pending while captured; look for dead keys every 2 seconds.
+KEYROTOR_ARGS = ("--stuck-after", "60", "--dead-key-check-interval", "2")
 
 # What Argo CD must show for each state the operator reports.
 EXPECTED = {
@@ -40,6 +42,7 @@ EXPECTED = {
     "InvalidSpec": "Degraded",
     "NotAuthorized": "Degraded",
     "Conflict": "Degraded",
+    "DeadKey": "Degraded",
     "KmsKeyNotAllowed": "Degraded",
     "UserNotFound": "Degraded",
     "AccessDenied": "Degraded",
@@ -273,6 +276,23 @@ def captured(
         capture.reason(ns, "pending", "RotationPending")
     finally:
         aws.faults.clear()
+
+    # The mirrored key deleted outside keyrotor, found in IAM's credential report. The rotation
+    # that replaces it crashes in every attempt, so the object stays in this state to be seen.
+    dead_user = keyrotor.iam_user(namespaces=ns)
+    create(ns, "dead-key", {"iamUser": dead_user})
+    dead_key = capture.reason(ns, "dead-key", "Ready")["status"]["accessKeyId"]
+    capture.objects.pop("Ready")
+    aws.wait_for_rotations()
+    aws.faults.crash_lambda("createSecret", times=LAMBDA_RETRIES + 1)
+    try:
+        aws.client("iam").delete_access_key(UserName=dead_user, AccessKeyId=dead_key)
+        with contextlib.suppress(KeyError):  # no report yet: the next check makes one
+            aws.age_credential_report(timedelta(hours=5))  # a new report on the next check
+        capture.reason(ns, "dead-key", "DeadKey")
+    finally:
+        aws.faults.clear()
+    capture.reason(ns, "ready", "Ready")  # the Ready sample stays the first object
 
     # The API server refuses the mirrored Secret: a ValidatingAdmissionPolicy (the API server's
     # own CEL admission) denies keyrotor's Secrets in one namespace.

@@ -230,3 +230,24 @@ def test_a_clean_shutdown_hands_the_lease_over_at_once(keyrotor: Harness) -> Non
     ns = keyrotor.namespace("ha")
     keyrotor.create(ns, "after", {"iamUser": keyrotor.iam_user(namespaces=ns)})
     keyrotor.wait_ready(ns, "after")
+
+
+def test_a_leader_that_loses_its_lease_exits(keyrotor: Harness) -> None:
+    """Another holder in the Lease (as after a partition in which a standby took over): the
+    leader's renewals fail, and once the renew deadline has passed the process exits, as
+    controller-runtime's manager does, so that two operators never act at once."""
+    leader = keyrotor.operator
+    if not leader.wait_for_log("is the leader", timeout=60):
+        pytest.fail(f"no active operator: {leader.logs()[-2000:]}")
+    coordination = client.CoordinationV1Api(keyrotor.api)
+    found = lease(keyrotor)
+    assert found is not None
+    found.spec.holder_identity = "usurper"
+    coordination.replace_namespaced_lease(found.metadata.name, LEASE_NAMESPACE, found)
+    deadline = time.monotonic() + 60
+    while leader.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leader.running(), "the leader kept running without its Lease"
+    assert leader.stop() == 1
+    assert "leader election lost" in leader.logs()
+    assert holder(keyrotor) == "usurper"  # it did not take the Lease back on its way out
