@@ -1,6 +1,7 @@
 """Issue 8 (3): a mirrored key deleted or deactivated outside keyrotor, or its user deleted, is
 noticed from IAM's credential report (O(1) calls for the whole installation), said on the object,
-and healed by a rotation where the user still exists.
+and healed by a rotation where the user still exists; and (4) a rotation Lambda deleted out of
+band comes back without an object event.
 
 The emulator keeps AWS's rule that a report younger than four hours is not generated again; the
 tests date the report back (``age_credential_report``) instead of waiting.
@@ -18,7 +19,7 @@ from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
-KEYROTOR_ARGS = ("--dead-key-check-interval", "2")
+KEYROTOR_ARGS = ("--dead-key-check-interval", "2", "--installation-recheck", "3")
 
 
 def _status(keyrotor: Harness, ns: str, name: str) -> dict[str, Any]:
@@ -109,3 +110,25 @@ def test_deleted_user_is_reported_and_nothing_is_rotated(keyrotor: Harness) -> N
     _warning(keyrotor, ns, "UserNotFound", user)
     keyrotor.aws.wait_for_rotations()
     assert len(keyrotor.aws.rotations_of(first["secretArn"])) == rotations
+
+
+def test_rotation_lambda_deleted_out_of_band_comes_back_by_itself(keyrotor: Harness) -> None:
+    """Issue 8 (4): the installation is checked at a fixed period (--installation-recheck 3s
+    here), not only when an object's event happens to come."""
+    ns, user, first = _ready_object(keyrotor)
+    lam = keyrotor.aws.client("lambda")
+    function = f"keyrotor-{keyrotor.cluster_name}-rotation"
+    lam.delete_function(FunctionName=function)
+
+    def back() -> str | None:
+        try:
+            return str(lam.get_function(FunctionName=function)["Configuration"]["FunctionArn"])
+        except lam.exceptions.ResourceNotFoundException:
+            return None
+
+    assert keyrotor.wait(back, what="the rotation Lambda put back") == first["lambdaArn"]
+    obj = keyrotor.get(ns, "app")
+    assert obj is not None and obj["metadata"]["generation"] == 1  # nobody touched the object
+    # Secrets Manager can rotate again with it.
+    keyrotor.aws.client("secretsmanager").rotate_secret(SecretId=first["secretArn"])
+    _healed(keyrotor, ns, user, first["accessKeyId"])
