@@ -10,7 +10,7 @@ tests date the report back (``age_credential_report``) instead of waiting.
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
@@ -64,7 +64,13 @@ def _healed(keyrotor: Harness, ns: str, user: str, dead: str) -> dict[str, Any]:
         return status if data["AWS_ACCESS_KEY_ID"] == status["accessKeyId"] else None
 
     status = keyrotor.wait(probe, what="a new key mirrored in place of the dead one")
-    data = keyrotor.secret_data(keyrotor.secret(ns, "app"))
+    secret = keyrotor.secret(ns, "app")
+    data = keyrotor.secret_data(secret)
+    # The key's CreateDate rides on the Secret: after a restart the check needs no lookup.
+    keys = keyrotor.aws.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+    created = next(k["CreateDate"] for k in keys if k["AccessKeyId"] == status["accessKeyId"])
+    annotation = secret.metadata.annotations["keyrotor.io/access-key-created"]
+    assert annotation == created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     arn = keyrotor.caller_arn(data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"])
     assert arn.endswith(f":user/{user}")
     keyrotor.wait_ready(ns, "app")
