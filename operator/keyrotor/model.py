@@ -25,6 +25,9 @@ ROTATE_NOW_ANNOTATION = "keyrotor.io/rotate-now"
 END_GRACE_ANNOTATION = "keyrotor.io/end-grace-period"
 VERSION_ID_ANNOTATION = "keyrotor.io/version-id"
 ACCESS_KEY_ID_ANNOTATION = "keyrotor.io/access-key-id"
+# The mirrored key's CreateDate (how IAM's credential report knows a key): kept on the Secret so
+# that the dead-key check needs no call per object after a restart.
+ACCESS_KEY_CREATED_ANNOTATION = "keyrotor.io/access-key-created"
 DATA_HASH_ANNOTATION = "keyrotor.io/data-hash"
 RESTARTED_FOR_ANNOTATION = "keyrotor.io/restarted-for-version"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

@@ -15,8 +15,9 @@ Which credentials manage the user's keys:
 * classic layout: ``masterarn`` names a secret whose ``accesskey``/``secretkey`` are used for IAM;
   it may be this very secret (the user rotating itself), in which case its AWSCURRENT keys are used.
   Any other master secret must belong to the same installation: it carries the tag
-  ``keyrotor.io/cluster`` with the same value as the rotated secret (both set by the operator,
-  which no tenant can tag); otherwise the step fails and the master's value is never read.
+  ``keyrotor.io/cluster`` with the same value as the rotated secret (tags the operator sets; this
+  function's role cannot change tags); otherwise the step fails and the master's value is never
+  read.
 
 Safety rules, whatever step is retried and however often:
 

@@ -201,7 +201,9 @@ def test_standby_takes_over_when_the_active_operator_dies(
         assert [e for e, n in events.items() if n > 1] == [], (name, events)
 
 
-def test_a_clean_shutdown_hands_the_lease_over_at_once(keyrotor: Harness) -> None:
+def test_a_clean_shutdown_hands_the_lease_over_at_once(
+    keyrotor: Harness, record_property: Callable[[str, object], None]
+) -> None:
     """SIGTERM: the leader stops the operator, then releases the Lease; a standby takes it
     without waiting for the lease to expire."""
     active = keyrotor.operator
@@ -214,9 +216,13 @@ def test_a_clean_shutdown_hands_the_lease_over_at_once(keyrotor: Harness) -> Non
     assert standby.wait_for_log("waiting for Lease")
     # A standby is alive for its liveness probe (kopf's endpoint starts only with the operator).
     assert http_get(f"http://127.0.0.1:{health_port}/healthz") == (200, "standby\n")
+    stopping = time.monotonic()
     assert active.stop() == 0
     assert "released Lease" in active.logs()
     keyrotor.wait(lambda: holder(keyrotor).startswith("third_"), 60, "the takeover")
+    handover = time.monotonic() - stopping
+    record_property("clean_handover_seconds", round(handover, 2))
+    print(f"\nclean handover: the standby held the Lease {handover:.2f}s after SIGTERM")
     assert standby.wait_for_log("is the leader")
     # The port passed from the standby's endpoint to kopf's liveness endpoint.
     keyrotor.wait(

@@ -23,7 +23,6 @@ ONE_FILE_BY_DESIGN = {"rotation_lambda"}
 KNOWN_LONG = {
     "aws.policies": {"operator_policy"},
     "policy_command": {"add_parser"},
-    "cli": {"build_parser"},
 }
 
 # Layers, top to bottom: a module may import only from its own layer's named peers or below.
