@@ -32,8 +32,8 @@ ROTATIONS_REQUESTED = Counter(
 ROTATIONS = Counter(
     "keyrotor_rotations_total",
     "Rotations by outcome: started (requested by keyrotor), succeeded (a new AWSCURRENT version "
-    "mirrored, also of rotations Secrets Manager started on schedule), failed (a rotation that "
-    "did not finish and was cleared)",
+    "mirrored, the first key included, also of rotations Secrets Manager started on schedule), "
+    "failed (a rotation that did not finish and was cleared, or that Secrets Manager refused)",
     ["outcome"],
 )
 SYNCS = Counter("keyrotor_secret_syncs_total", "Writes of a mirrored Kubernetes Secret", ["cause"])
@@ -54,6 +54,13 @@ DEAD_KEY_CHECKS = Counter(
 )
 BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
+SECRET_EVENTS = Counter(
+    "keyrotor_secret_events_total",
+    "Event mode: queue messages by outcome (checked: an object's secret was looked at; "
+    "ignored: not a change of AWSCURRENT, or no object of this installation; failed: the look "
+    "failed and the message comes back)",
+    ["outcome"],
+)
 SYNC_SWEEP_SECONDS = Histogram(
     "keyrotor_sync_sweep_duration_seconds",
     "Duration of one round of the shared sync loop (ListSecrets sweep or focus tick)",
@@ -147,9 +154,10 @@ class ObjectStatuses:
         with self._lock:
             old = self._objects.get((namespace, name))
             self._objects[(namespace, name)] = record
+        # A new AWSCURRENT version mirrored (the first key too) while this process watched.
         before = ((old or {}).get("status") or {}).get("versionId")
         after = status.get("versionId")
-        if before and after and before != after:
+        if old is not None and after and before != after:
             ROTATIONS.labels(outcome="succeeded").inc()
 
     def gone(self, namespace: str, name: str) -> None:
