@@ -171,3 +171,37 @@ def test_a_lost_event_is_caught_by_the_sweep(keyrotor: Harness) -> None:
     operations = [c.operation for c in _calls_since(keyrotor, start) if c.step is None]
     assert "ListSecrets" in operations
     assert _queue_empty(keyrotor, url)  # nothing was delivered
+
+
+def test_a_queue_the_user_names_is_used_as_it_is(keyrotor: Harness) -> None:
+    """--event-queue-url: the rule sends to the user's queue, whose policy keyrotor leaves alone;
+    a rotation keyrotor did not start arrives through it."""
+    _queue_url(keyrotor)
+    ns, first = _ready_object(keyrotor, "mine")
+    sqs = keyrotor.aws.client("sqs")
+    url = sqs.create_queue(QueueName=f"platform-{keyrotor.cluster_name}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    keyrotor.operator.stop()
+    keyrotor.start_operator("--event-queue-url", url, "--sync-interval", "3600")
+    rule = f"keyrotor-{keyrotor.cluster_name}-secrets"
+    events = keyrotor.aws.client("events")
+    keyrotor.wait(
+        lambda: (
+            events.list_targets_by_rule(Rule=rule)["Targets"]
+            == [{"Id": "keyrotor-events", "Arn": arn}]
+        ),
+        what="the rule pointed at the user's queue",
+    )
+    start = len(keyrotor.aws.calls)
+    rotated = keyrotor.aws.client("secretsmanager").rotate_secret(SecretId=first["secretArn"])
+    keyrotor.wait(
+        lambda: _mirrored(keyrotor, ns, "mine") == rotated["VersionId"], what="the new version"
+    )
+    operations = [c.operation for c in _calls_since(keyrotor, start) if c.step is None]
+    assert "ListSecrets" not in operations
+    assert "SetQueueAttributes" not in operations and "CreateQueue" not in operations
+    assert (
+        "Policy" not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    )
