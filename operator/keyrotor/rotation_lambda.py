@@ -169,14 +169,16 @@ def _tags(metadata: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _check_user_tag(metadata: Mapping[str, Any], user: str) -> None:
-    """The JSON ``username`` is the user the operator tagged the secret for, or nothing happens."""
+    """The JSON ``username`` is the user the operator tagged the secret for, or nothing happens.
+    IAM user names are not distinguished by case: ``Svc`` and ``svc`` are one user (the
+    operator tags the secret with the name as IAM spells it, the value has the object's)."""
     tagged = _tags(metadata).get(TAG_IAM_USER)
     if tagged is None:
         raise RotationError(
             f"secret {metadata['ARN']} has no tag {TAG_IAM_USER}; refusing to manage keys of "
             f"IAM user {user} for it (keyrotor tags the secrets it manages)"
         )
-    if tagged != user:
+    if tagged.lower() != user.lower():
         raise RotationError(
             f"secret {metadata['ARN']} is tagged {TAG_IAM_USER}={tagged} but its value names IAM "
             f"user {user}; refusing to manage keys of a user the secret was not made for"

@@ -139,6 +139,20 @@ test_packaging.py`` fails on any other.
              test_rules_match_the_events_patterns, test_a_disabled_rule_delivers_nothing,
              test_drop_events_loses_them, test_long_poll_does_not_block_other_requests,
              test_plain_moto_sends_no_secrets_manager_events
+13. IAM user names are not distinguished by case.
+   moto:     user names are case-sensitive: CreateUser makes ``svc`` next to ``Svc``, and
+             GetUser, ListUserTags, TagUser, UntagUser, ListAccessKeys, CreateAccessKey,
+             UpdateAccessKey, DeleteAccessKey, DeleteUser (...) with another spelling answer
+             NoSuchEntity.
+   restored: CreateUser refuses a name that differs from an existing user's only by case
+             (EntityAlreadyExists); every call that names a user (moto's ``get_user`` lookup,
+             and DeleteUser) finds it whatever the case, and GetUser answers with the name as it
+             was created (the canonical one).
+   doc:      IAM/latest/APIReference/API_CreateUser.html (UserName: "User names are not
+             distinguished by case. For example, you cannot create users named both
+             \"John\" and \"john\""), IAM/latest/UserGuide/reference_iam-quotas.html
+   tests:    test_user_names_are_not_distinguished_by_case,
+             test_plain_moto_user_names_are_case_sensitive
 
 Not restored (left as moto does it): authorization (IAM policies are not evaluated; nor is an
 SQS queue policy when EventBridge delivers), CloudTrail's delivery delay (events arrive at once;
@@ -499,6 +513,7 @@ def _install_moto_patches() -> None:
                 result["LastRotatedDate"] = self.last_rotation_date
             return result
 
+        from moto.iam import exceptions as iam_exceptions
         from moto.iam import models as iam_models
         from moto.iam.responses import IamResponse
 
@@ -525,6 +540,33 @@ def _install_moto_patches() -> None:
                 key.create_date = key.create_date.replace(microsecond=0)
             return key
 
+        # Fix 13: user names are not distinguished by case.
+        original_create_user = iam_models.IAMBackend.create_user
+        original_get_user = iam_models.IAMBackend.get_user
+        original_delete_user = iam_models.IAMBackend.delete_user
+
+        def create_user(self: Any, region_name: str, user_name: str, *args: Any, **kw: Any) -> Any:
+            if _active() is not None:
+                existing = _user_name_as_created(self, user_name)
+                if existing is not None:
+                    raise iam_exceptions.EntityAlreadyExists(
+                        f"User with name {user_name} already exists."
+                    )
+            return original_create_user(self, region_name, user_name, *args, **kw)
+
+        def get_user(self: Any, name: str) -> Any:
+            if _active() is not None:
+                name = _user_name_as_created(self, name) or name
+            return original_get_user(self, name)
+
+        def delete_user(self: Any, user_name: str) -> None:
+            if _active() is not None:
+                user_name = _user_name_as_created(self, user_name) or user_name
+            original_delete_user(self, user_name)
+
+        setattr(iam_models.IAMBackend, "create_user", create_user)  # noqa: B010
+        setattr(iam_models.IAMBackend, "get_user", get_user)  # noqa: B010
+        setattr(iam_models.IAMBackend, "delete_user", delete_user)  # noqa: B010
         setattr(iam_models.IAMBackend, "create_access_key", create_access_key)  # noqa: B010
         setattr(IamResponse, "generate_credential_report", generate_credential_report)  # noqa: B010
         setattr(IamResponse, "get_credential_report", get_credential_report)  # noqa: B010
@@ -533,6 +575,14 @@ def _install_moto_patches() -> None:
         setattr(backend_cls, "list_secret_version_ids", list_secret_version_ids)  # noqa: B010
         setattr(sm.FakeSecret, "to_dict", to_dict)  # noqa: B010
         _patched = True
+
+
+def _user_name_as_created(backend: Any, name: str) -> str | None:
+    """The existing user's name that equals ``name`` but for case (fix 13); None if none."""
+    if name in backend.users:
+        return name
+    folded = name.lower()
+    return next((user for user in backend.users if user.lower() == folded), None)
 
 
 # --- rotation rules ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.fixtures.operator import Harness
@@ -84,3 +86,46 @@ def test_claim_of_a_cluster_with_the_same_name_is_not_taken_over(keyrotor: Harne
     assert _tags(keyrotor, user)[CLAIM] == other
     assert keyrotor.user_keys(user) == {}
     assert "secretArn" not in obj["status"]
+
+
+def test_case_variants_of_a_user_name_are_one_claim(keyrotor: Harness) -> None:
+    """Issue 8 (6): IAM user names are not distinguished by case (the emulator's fix 13), so
+    ``Svc-x`` and ``svc-x`` are one user and one claim: the second object is a Conflict, gets
+    no key and no secret, and takes the user once the first is gone."""
+    first_ns, second_ns = keyrotor.namespace(), keyrotor.namespace()
+    user = keyrotor.iam_user(
+        namespaces=f"{first_ns} {second_ns}", name=f"Svc-{uuid.uuid4().hex[:8]}"
+    )
+    keyrotor.create(first_ns, "holder", {"iamUser": user})
+    holder = keyrotor.wait_ready(first_ns, "holder")["status"]
+    keyrotor.create(second_ns, "spelling", {"iamUser": user.lower()})
+    obj = keyrotor.wait_condition(second_ns, "spelling", "Ready", "False", "Conflict")
+    message = keyrotor.condition(obj, "Ready")["message"]
+    assert "already rotated by another AccessKeyRotation" in message
+    assert first_ns not in message and "holder" not in message  # not named to this tenant
+    # Nothing was made for the second object: one key (the holder's), no secret, no Secret.
+    assert keyrotor.user_keys(user) == {holder["accessKeyId"]: "Active"}
+    assert "secretArn" not in (obj.get("status") or {})
+    assert keyrotor.secret(second_ns, "spelling") is None
+    secrets = keyrotor.aws.client("secretsmanager").list_secrets()["SecretList"]
+    assert not [s["Name"] for s in secrets if second_ns in s["Name"]]
+    assert _tags(keyrotor, user)[CLAIM].endswith(f"/{holder_uid(keyrotor, first_ns)}")
+    # The holder's key keeps working, as the user as created.
+    data = keyrotor.secret_data(keyrotor.secret(first_ns, "holder"))
+    arn = keyrotor.caller_arn(data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"])
+    assert arn.endswith(f":user/{user}")
+    # The holder goes: the other spelling takes the claim.
+    keyrotor.delete(first_ns, "holder")
+    keyrotor.wait(lambda: keyrotor.get(first_ns, "holder") is None, what="the holder finalized")
+    taken = keyrotor.wait_ready(second_ns, "spelling", timeout=90)
+    assert _tags(keyrotor, user)[CLAIM].endswith(f"/{taken['metadata']['uid']}")
+    data = keyrotor.secret_data(keyrotor.secret(second_ns, "spelling"))
+    assert data["AWS_ACCESS_KEY_ID"] == taken["status"]["accessKeyId"]
+    arn = keyrotor.caller_arn(data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"])
+    assert arn.endswith(f":user/{user}")
+
+
+def holder_uid(keyrotor: Harness, namespace: str) -> str:
+    obj = keyrotor.get(namespace, "holder")
+    assert obj is not None
+    return str(obj["metadata"]["uid"])

@@ -717,6 +717,53 @@ def test_plain_moto_create_date_has_microseconds() -> None:
     assert any(date.microsecond for date in dates)
 
 
+# -- fix 13: user names are not distinguished by case -------------------------------------------
+
+
+def test_user_names_are_not_distinguished_by_case(aws: AwsEmulator) -> None:
+    iam = aws.client("iam")
+    created = f"Svc-{uuid.uuid4().hex[:8]}"
+    other = created.lower()
+    iam.create_user(UserName=created, Tags=[{"Key": "team", "Value": "a"}])
+    with pytest.raises(ClientError) as refused:
+        iam.create_user(UserName=other)
+    assert _code(refused) == "EntityAlreadyExists"
+    # Every call that names the user finds it whatever the spelling; GetUser answers with the
+    # name as created.
+    assert iam.get_user(UserName=other)["User"]["UserName"] == created
+    assert iam.get_user(UserName=created.upper())["User"]["UserName"] == created
+    iam.tag_user(UserName=other, Tags=[{"Key": "claim", "Value": "x"}])
+    iam.untag_user(UserName=created.upper(), TagKeys=["team"])
+    tags = iam.list_user_tags(UserName=other)["Tags"]
+    assert tags == iam.list_user_tags(UserName=created)["Tags"] == [{"Key": "claim", "Value": "x"}]
+    key = iam.create_access_key(UserName=other)["AccessKey"]
+    assert key["UserName"] == created
+    listed = iam.list_access_keys(UserName=created.upper())["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in listed] == [key["AccessKeyId"]]
+    assert listed[0]["UserName"] == created
+    iam.update_access_key(UserName=other, AccessKeyId=key["AccessKeyId"], Status="Inactive")
+    assert iam.list_access_keys(UserName=created)["AccessKeyMetadata"][0]["Status"] == "Inactive"
+    iam.delete_access_key(UserName=other, AccessKeyId=key["AccessKeyId"])
+    assert iam.list_access_keys(UserName=created)["AccessKeyMetadata"] == []
+    iam.delete_user(UserName=other)
+    with pytest.raises(ClientError) as gone:
+        iam.get_user(UserName=created)
+    assert _code(gone) == "NoSuchEntity"
+
+
+def test_plain_moto_user_names_are_case_sensitive() -> None:
+    """Why fix 13 exists (when this fails, drop fix 13)."""
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_user(UserName="Svc")
+        with pytest.raises(ClientError) as missing:
+            iam.get_user(UserName="svc")
+        iam.create_user(UserName="svc")  # a second user of the "same" name
+        names = sorted(u["UserName"] for u in iam.list_users()["Users"])
+    assert _code(missing) == "NoSuchEntity"
+    assert names == ["Svc", "svc"]
+
+
 # 12. Secrets Manager's events reach EventBridge (and a long poll does not stop the server)
 
 

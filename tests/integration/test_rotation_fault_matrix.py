@@ -463,6 +463,26 @@ def test_a_value_naming_another_user_mints_no_key_for_it(
     assert {c.service for c in aws.calls.snapshot() if c.step} == {"secretsmanager"}  # no IAM
 
 
+def test_a_value_naming_the_user_in_another_case_is_rotated(
+    aws: AwsEmulator, rotation_lambda_arn: str
+) -> None:
+    """Issue 8 (6): IAM user names are not distinguished by case (the emulator's fix 13). The
+    operator tags the secret with the name as IAM spells it; the value has the object's
+    spelling. They name one user, so the rotation goes ahead, for that user."""
+    user = f"Matrix-{uuid.uuid4().hex[:12]}"
+    aws.create_iam_user(user)
+    arn = create_user_secret(
+        aws, user.lower(), with_key=True, tags={TAG_IAM_USER: user, TAG_CLUSTER: TEST_CLUSTER}
+    )
+    before = _user_keys(aws, user)
+    _rotate(aws, Subject(user, arn, "", ""), rotation_lambda_arn)
+    (rotation,) = aws.rotations_of(arn)
+    assert rotation.succeeded is True, rotation.error
+    value = json.loads(aws.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+    assert value["accesskey"] in _user_keys(aws, user) - before
+    assert before <= _user_keys(aws, user)  # the key in use was not deleted
+
+
 def test_a_secret_without_the_user_tag_is_not_rotated(
     aws: AwsEmulator, rotation_lambda_arn: str, iam_user: str
 ) -> None:
