@@ -95,17 +95,29 @@ def ensure_namespace(core: client.CoreV1Api, name: str) -> None:
 def everything_the_operator_does(keyrotor: Harness, ns: str) -> None:
     """Create (first key), rotate-now with a restart, a Secret edited and deleted, deletion."""
     user = keyrotor.iam_user(namespaces=ns)
+    selector = client.V1LabelSelector(match_labels={"app": "app"})
+    template = client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(labels={"app": "app"}),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
+    )
+    meta = client.V1ObjectMeta(name="app")
     keyrotor.apps.create_namespaced_deployment(
         ns,
         client.V1Deployment(
-            metadata=client.V1ObjectMeta(name="app"),
-            spec=client.V1DeploymentSpec(
-                selector=client.V1LabelSelector(match_labels={"app": "app"}),
-                template=client.V1PodTemplateSpec(
-                    metadata=client.V1ObjectMeta(labels={"app": "app"}),
-                    spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
-                ),
-            ),
+            metadata=meta, spec=client.V1DeploymentSpec(selector=selector, template=template)
+        ),
+    )
+    keyrotor.apps.create_namespaced_stateful_set(
+        ns,
+        client.V1StatefulSet(
+            metadata=meta,
+            spec=client.V1StatefulSetSpec(selector=selector, template=template, service_name="app"),
+        ),
+    )
+    keyrotor.apps.create_namespaced_daemon_set(
+        ns,
+        client.V1DaemonSet(
+            metadata=meta, spec=client.V1DaemonSetSpec(selector=selector, template=template)
         ),
     )
     keyrotor.create(
@@ -113,7 +125,9 @@ def everything_the_operator_does(keyrotor: Harness, ns: str) -> None:
         "app",
         {
             "iamUser": user,
-            "restartOnRotation": [{"kind": "Deployment", "name": "app"}],
+            "restartOnRotation": [
+                {"kind": kind, "name": "app"} for kind in ("Deployment", "StatefulSet", "DaemonSet")
+            ],
             "previousKey": {"action": "Delete", "after": "1s"},
         },
     )
@@ -121,10 +135,17 @@ def everything_the_operator_does(keyrotor: Harness, ns: str) -> None:
     keyrotor.annotate(ns, "app", {"keyrotor.io/rotate-now": "1"})
 
     def restarted() -> bool:
-        template = keyrotor.apps.read_namespaced_deployment("app", ns).spec.template.metadata
-        return bool((template.annotations or {}).get("keyrotor.io/restarted-for-version"))
+        workloads = (
+            keyrotor.apps.read_namespaced_deployment("app", ns),
+            keyrotor.apps.read_namespaced_stateful_set("app", ns),
+            keyrotor.apps.read_namespaced_daemon_set("app", ns),
+        )
+        return all(
+            (w.spec.template.metadata.annotations or {}).get("keyrotor.io/restarted-for-version")
+            for w in workloads
+        )
 
-    keyrotor.wait(restarted, what="the Deployment restarted")
+    keyrotor.wait(restarted, what="the workloads restarted")
     keyrotor.wait(
         lambda: (
             ((keyrotor.get(ns, "app") or {}).get("status", {}).get("previousKey") or {}).get(
@@ -159,12 +180,13 @@ def everything_the_operator_does(keyrotor: Harness, ns: str) -> None:
     keyrotor.wait(lambda: keyrotor.get(ns, "app") is None, what="the object deleted")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def harness(
     aws_emulator: AwsEmulator,
     operator_rbac: KubeApiServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Harness]:
+    """One installation per test: each has its own Lease to create."""
     harness = Harness(aws_emulator, operator_rbac, tmp_path_factory.mktemp("operator"))
     ensure_namespace(harness.core, OPERATOR_NAMESPACE)
     try:
