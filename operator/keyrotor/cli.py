@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Conflict or AccessDenied is checked again",
     )
     run.add_argument(
+        "--dead-key-check-interval",
+        default=_env("DEAD_KEY_CHECK_INTERVAL", "3600"),
+        help="seconds (or 1h) between checks of every mirrored key in IAM's credential report",
+    )
+    run.add_argument(
         "--installation-recheck",
         default=_env("INSTALLATION_RECHECK", "900"),
         help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
@@ -161,6 +166,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),
+        dead_key_check=parse_interval_setting(
+            "--dead-key-check-interval", str(args.dead_key_check_interval)
+        ),
         installation_recheck=parse_interval_setting(
             "--installation-recheck", str(args.installation_recheck)
         ),

@@ -39,6 +39,8 @@ class Entry:
     next_check: datetime | None = None  # decide again then (a recheck, a wait, a backoff)
     failures: int = 0  # consecutive failed decisions: the backoff's exponent
     last_due_check: datetime | None = None
+    key_created: tuple[str, datetime] | None = None  # (access key id, CreateDate), looked up once
+    key_verdict: tuple[str, str] | None = None  # (access key id, "gone"|"inactive"): a dead key
 
     @property
     def key(self) -> Key:
@@ -134,6 +136,21 @@ class ObjectIndex:
             entry = self._entries.get((namespace, name))
             if entry is not None and entry.uid == uid:
                 self._put(replace(entry, last_due_check=now))
+
+    def note_key(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        *,
+        created: tuple[str, datetime] | None,
+        verdict: tuple[str, str] | None,
+    ) -> None:
+        """The dead-key check's outcome: a key's CreateDate, and whether it is dead."""
+        with self._lock:
+            entry = self._entries.get((namespace, name))
+            if entry is not None and entry.uid == uid:
+                self._put(replace(entry, key_created=created, key_verdict=verdict))
 
     def remove(self, namespace: str, name: str) -> None:
         with self._lock:

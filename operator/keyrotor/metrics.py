@@ -49,6 +49,9 @@ INSTALLATION_ENSURED = Counter(
 RETRIES = Counter(
     "keyrotor_retries_total", "Failed decisions scheduled again with backoff (per object)"
 )
+DEAD_KEY_CHECKS = Counter(
+    "keyrotor_dead_key_checks_total", "Checks of every mirrored key in IAM's credential report"
+)
 BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 SYNC_SWEEP_SECONDS = Histogram(
@@ -176,72 +179,85 @@ class ObjectCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = time.time()
-        labels = ["namespace", "name"]
-        info = GaugeMetricFamily(
-            "keyrotor_object_info", "One per AccessKeyRotation", labels=[*labels, "iam_user"]
-        )
-        ready = GaugeMetricFamily(
-            "keyrotor_object_ready",
-            "1 when the object is Ready, else 0; reason is the Ready condition's reason "
-            "(Unknown before the operator set one, NotObserved while the current generation "
-            "was not handled yet)",
-            labels=[*labels, "reason"],
-        )
-        age = GaugeMetricFamily(
-            "keyrotor_access_key_age_seconds",
-            "Seconds since the mirrored key became current (status.lastRotationTime)",
-            labels=labels,
-        )
-        max_age = GaugeMetricFamily(
-            "keyrotor_access_key_max_age_seconds",
-            "Rotation interval plus window: the age a key must not reach (absent for cron)",
-            labels=labels,
-        )
-        next_rotation = GaugeMetricFamily(
-            "keyrotor_next_rotation_seconds",
-            "Seconds until the next scheduled rotation (negative: overdue)",
-            labels=labels,
-        )
-        last_sync = GaugeMetricFamily(
-            "keyrotor_last_sync_timestamp_seconds",
-            "When the mirrored Secret was last written from AWS (status.lastSyncTime)",
-            labels=labels,
-        )
+        families = _object_families()
         by_reason: dict[tuple[str, str], int] = {}
         for (namespace, name), record in sorted(self.statuses.snapshot().items()):
-            status = record["status"]
-            key = [namespace, name]
-            info.add_metric([*key, record["iamUser"]], 1)
-            condition = next(
-                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None
-            )
-            is_ready = "True" if condition and condition.get("status") == "True" else "False"
-            reason = str(condition.get("reason")) if condition else "Unknown"
-            observed = status.get("observedGeneration")
-            if record["generation"] is not None and observed != record["generation"]:
-                is_ready, reason = "False", "NotObserved"
-            ready.add_metric([*key, reason], 1 if is_ready == "True" else 0)
-            by_reason[(is_ready, reason)] = by_reason.get((is_ready, reason), 0) + 1
-            rotated = _timestamp(status.get("lastRotationTime"))
-            if rotated is not None:
-                age.add_metric(key, now - rotated)
-            limit = max_key_age(status.get("effective") or {})
-            if limit is not None:
-                max_age.add_metric(key, limit)
-            upcoming = _timestamp(status.get("nextRotationTime"))
-            if upcoming is not None:
-                next_rotation.add_metric(key, upcoming - now)
-            synced = _timestamp(status.get("lastSyncTime"))
-            if synced is not None:
-                last_sync.add_metric(key, synced)
+            ready, reason = _add_object(families, [namespace, name], record, now)
+            by_reason[(ready, reason)] = by_reason.get((ready, reason), 0) + 1
         objects = GaugeMetricFamily(
             "keyrotor_objects",
             "AccessKeyRotation objects by Ready status and reason",
             labels=["ready", "reason"],
         )
-        for (is_ready, reason), count in sorted(by_reason.items()):
-            objects.add_metric([is_ready, reason], count)
-        yield from (info, ready, objects, age, max_age, next_rotation, last_sync)
+        for (ready, reason), count in sorted(by_reason.items()):
+            objects.add_metric([ready, reason], count)
+        yield from (*families.values(), objects)
+
+
+def _object_families() -> dict[str, GaugeMetricFamily]:
+    labels = ["namespace", "name"]
+    return {
+        "info": GaugeMetricFamily(
+            "keyrotor_object_info", "One per AccessKeyRotation", labels=[*labels, "iam_user"]
+        ),
+        "ready": GaugeMetricFamily(
+            "keyrotor_object_ready",
+            "1 when the object is Ready, else 0; reason is the Ready condition's reason "
+            "(Unknown before the operator set one, NotObserved while the current generation "
+            "was not handled yet)",
+            labels=[*labels, "reason"],
+        ),
+        "age": GaugeMetricFamily(
+            "keyrotor_access_key_age_seconds",
+            "Seconds since the mirrored key became current (status.lastRotationTime)",
+            labels=labels,
+        ),
+        "max_age": GaugeMetricFamily(
+            "keyrotor_access_key_max_age_seconds",
+            "Rotation interval plus window: the age a key must not reach (absent for cron)",
+            labels=labels,
+        ),
+        "next": GaugeMetricFamily(
+            "keyrotor_next_rotation_seconds",
+            "Seconds until the next scheduled rotation (negative: overdue)",
+            labels=labels,
+        ),
+        "sync": GaugeMetricFamily(
+            "keyrotor_last_sync_timestamp_seconds",
+            "When the mirrored Secret was last written from AWS (status.lastSyncTime)",
+            labels=labels,
+        ),
+    }
+
+
+def _add_object(
+    families: dict[str, GaugeMetricFamily], key: list[str], record: Mapping[str, Any], now: float
+) -> tuple[str, str]:
+    """One object's samples; returns its (ready, reason) for the counts by reason."""
+    status = record["status"]
+    families["info"].add_metric([*key, record["iamUser"]], 1)
+    condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    ready = "True" if condition and condition.get("status") == "True" else "False"
+    reason = str(condition.get("reason")) if condition else "Unknown"
+    if (
+        record["generation"] is not None
+        and status.get("observedGeneration") != record["generation"]
+    ):
+        ready, reason = "False", "NotObserved"
+    families["ready"].add_metric([*key, reason], 1 if ready == "True" else 0)
+    rotated = _timestamp(status.get("lastRotationTime"))
+    if rotated is not None:
+        families["age"].add_metric(key, now - rotated)
+    limit = max_key_age(status.get("effective") or {})
+    if limit is not None:
+        families["max_age"].add_metric(key, limit)
+    upcoming = _timestamp(status.get("nextRotationTime"))
+    if upcoming is not None:
+        families["next"].add_metric(key, upcoming - now)
+    synced = _timestamp(status.get("lastSyncTime"))
+    if synced is not None:
+        families["sync"].add_metric(key, synced)
+    return ready, reason
 
 
 REGISTRY.register(ObjectCollector(OBJECTS))

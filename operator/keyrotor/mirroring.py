@@ -11,7 +11,14 @@ from typing import Any
 
 from keyrotor.conditions import Condition, isoformat
 from keyrotor.model import ConditionType, Reason, Spec
-from keyrotor.observation import KeyView, Observation, Observed, TargetView, initial_version_id
+from keyrotor.observation import (
+    KeyView,
+    Observation,
+    Observed,
+    TargetView,
+    deterministic_token,
+    initial_version_id,
+)
 from keyrotor.outcome import (
     Action,
     Event,
@@ -55,6 +62,17 @@ class Sync:
     focus: bool = False
 
 
+def target_is_foreign(obs: Observation) -> bool:
+    return obs.target is not None and obs.target.exists and not obs.target.owned
+
+
+def foreign_target_message(spec: Spec, obs: Observation) -> str:
+    return (
+        f"Secret {obs.obj.namespace}/{spec.target_secret_name} exists and is not managed by "
+        f"this AccessKeyRotation; delete it or choose another spec.target.secretName"
+    )
+
+
 def synced(version: str | None) -> Condition:
     return Condition(
         ConditionType.SYNCED, True, Reason.SYNCED, f"Secret holds AWSCURRENT version {version}"
@@ -79,6 +97,11 @@ def mirror_key(
         return Sync(
             waiting_for_first_key(), mirrored_version=secret.current_version if secret else None
         )
+    if target_is_foreign(obs):  # replaced by someone else's Secret: never overwritten
+        failed = Condition(
+            ConditionType.SYNCED, False, Reason.SYNC_FAILED, foreign_target_message(spec, obs)
+        )
+        return Sync(failed, mirrored_version=mirrored)
     current = secret.current_version
     if current == mirrored and target_state(obs.target, current) is TargetState.CURRENT:
         actions, due = previous_key_work(spec, status, now)
@@ -88,6 +111,41 @@ def mirror_key(
     if key is None or not key.access_key_id:
         return first_key_again(secret, running=running, mirrored=mirrored)
     return mirror_new_version(spec, obs, key, now)
+
+
+def dead_key(obs: Observation, *, running: bool) -> Sync | None:
+    """The mirrored key was deleted or deactivated outside keyrotor (IAM's credential report):
+    Synced=False with its own reason, and a rotation to replace it (once per dead key). No newer
+    version to mirror yet: otherwise mirroring it is the cure. The grace period does not hold
+    this rotation back: the Lambda makes room by removing the dead key itself (inactive or gone),
+    never the previous Active one."""
+    status, secret = obs.obj.status, obs.secret
+    key_id = status.get("accessKeyId")
+    if obs.dead_key is None or secret is None or secret.current_version != status.get("versionId"):
+        return None
+    what = "deleted" if obs.dead_key == "gone" else "deactivated"
+    condition = Condition(
+        ConditionType.SYNCED,
+        False,
+        Reason.DEAD_KEY,
+        f"the mirrored key {key_id} was {what} outside keyrotor (IAM credential report); "
+        f"a rotation replaces it",
+    )
+    sync = Sync(condition, mirrored_version=secret.current_version, focus=True)
+    token = deterministic_token("heal", obs.obj.uid, str(key_id))
+    if token not in secret.versions and not running:
+        sync.actions.append(
+            RequestRotation(
+                arn=secret.arn,
+                token=token,
+                cause="dead-key",
+                event=warning(
+                    Reason.ROTATION_REQUESTED,
+                    f"requested a rotation: the mirrored key {key_id} was {what} outside keyrotor",
+                ),
+            )
+        )
+    return sync
 
 
 def first_key_again(secret: Observed, *, running: bool, mirrored: str | None) -> Sync:
@@ -157,7 +215,7 @@ def mirror_new_version(spec: Spec, obs: Observation, key: KeyView, now: datetime
         )
     sync.events.append(event)
     if rotated:
-        after_rotation(spec, status, key, now, sync)
+        after_rotation(spec, status, key, now, sync, dead=obs.dead_key)
     else:
         retire, sync.previous_key_due = previous_key_work(spec, status, now)
         sync.actions.extend(retire)
@@ -165,7 +223,13 @@ def mirror_new_version(spec: Spec, obs: Observation, key: KeyView, now: datetime
 
 
 def after_rotation(
-    spec: Spec, status: Mapping[str, Any], key: KeyView, now: datetime, sync: Sync
+    spec: Spec,
+    status: Mapping[str, Any],
+    key: KeyView,
+    now: datetime,
+    sync: Sync,
+    *,
+    dead: str | None = None,
 ) -> None:
     """A new key is mirrored: restart the workloads that read it; the previous key gets its
     grace period (previousKey.after) before it is deactivated or deleted."""
@@ -182,10 +246,16 @@ def after_rotation(
     old_key = status.get("accessKeyId")
     if not old_key or old_key == key.access_key_id:
         return
-    previous: dict[str, Any] = {"accessKeyId": old_key, "state": "Active"}
+    # actionAfter: when the grace period ends (for Keep too: no rotation keyrotor requests
+    # removes the previous key before then).
+    if dead is not None:  # replaced because it was dead: nothing to wait for, nothing to retire
+        state = "Deleted" if dead == "gone" else "Inactive"
+        sync.facts["previousKey"] = {"accessKeyId": old_key, "state": state}
+        return
+    grace_end = now + spec.previous_key_after
+    previous = {"accessKeyId": old_key, "state": "Active", "actionAfter": isoformat(grace_end)}
     if spec.previous_key_action != "Keep":
-        sync.previous_key_due = now + spec.previous_key_after
-        previous["actionAfter"] = isoformat(sync.previous_key_due)
+        sync.previous_key_due = grace_end
     sync.facts["previousKey"] = previous
 
 

@@ -21,6 +21,8 @@ KIND = "AccessKeyRotation"
 # Labels, annotations and tags under the project's own prefix.
 FINALIZER = "keyrotor.io/finalizer"
 ROTATE_NOW_ANNOTATION = "keyrotor.io/rotate-now"
+# Set to the rotate-now value: that rotation does not wait for the previous key's grace period.
+END_GRACE_ANNOTATION = "keyrotor.io/end-grace-period"
 VERSION_ID_ANNOTATION = "keyrotor.io/version-id"
 ACCESS_KEY_ID_ANNOTATION = "keyrotor.io/access-key-id"
 DATA_HASH_ANNOTATION = "keyrotor.io/data-hash"
@@ -34,6 +36,9 @@ TAG_NAMESPACE = "keyrotor.io/namespace"
 TAG_NAME = "keyrotor.io/name"
 TAG_UID = "keyrotor.io/uid"
 TAG_IAM_USER = "keyrotor.io/iam-user"
+TAG_INSTALLATION = "keyrotor.io/installation"
+# Set by an AWS administrator on an existing secret to hand it to one object ("<ns>/<name>").
+ADOPT_TAG = "keyrotor.io/adopt"
 # On the IAM user: which object rotates it ("<cluster>/<uid>"), and its name for people.
 CLAIM_TAG = "keyrotor.io/claimed-by"
 CLAIM_OBJECT_TAG = "keyrotor.io/claimed-by-object"
@@ -70,6 +75,8 @@ class Reason:
     ROTATION_ENABLED = "RotationEnabled"
     ROTATION_REQUESTED = "RotationRequested"
     ROTATION_PENDING = "RotationPending"
+    GRACE_PERIOD = "GracePeriod"
+    DEAD_KEY = "DeadKey"  # the mirrored key was deleted or deactivated outside keyrotor
     ROTATION_STUCK = "RotationStuck"
     ROTATION_FAILED = "RotationFailed"  # Secrets Manager refused a rotation keyrotor asked for
     SYNCED = "Synced"

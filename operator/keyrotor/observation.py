@@ -75,6 +75,7 @@ class ObjectView:
     generation: int | None
     resource_version: str
     rotate_now: str | None  # the keyrotor.io/rotate-now annotation
+    end_grace: str | None = None  # the keyrotor.io/end-grace-period annotation
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -108,10 +109,11 @@ class KeyView:
 class Context:
     """What the planner needs from the settings."""
 
-    cluster_name: str
+    installation: str  # this installation's id (tenancy.installation_id)
     stuck_after: float  # seconds
     recheck_interval: float  # seconds
     secret_tags: Mapping[str, str]  # the tags this object's own secret carries
+    namespace_path: str = ""  # custom secret names stay under it (keyrotor/<cluster>/<ns>/)
     kms_keys: tuple[str, ...] = ()  # the KMS keys objects may use (--kms-key)
 
 
@@ -129,3 +131,6 @@ class Observation:
     pending_ages: Mapping[str, float | None] = field(default_factory=dict)
     target: TargetView | None = None
     key: KeyView | None = None
+    # What IAM's credential report says of the mirrored key (status.accessKeyId) when it is not
+    # usable: "gone" (deleted) or "inactive" (deactivated outside keyrotor); None: usable.
+    dead_key: str | None = None

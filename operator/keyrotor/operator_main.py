@@ -16,11 +16,13 @@ import kopf
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
 from keyrotor.installation import Installation, Target
+from keyrotor.k8s import objects
 from keyrotor.k8s.client import KubeApis
 from keyrotor.k8s.events import post_event
 from keyrotor.k8s.leader_election import LeaderElector, default_identity, default_namespace
 from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
+from keyrotor.tenancy import installation_id
 
 
 class StartupError(RuntimeError):
@@ -45,8 +47,9 @@ def make_runtime(settings: Settings) -> Runtime:
     arn = str(identity["Arn"])
     try:
         kube = KubeApis.create()
+        cluster_uid = objects.kube_system_uid(kube)
     except Exception as exc:
-        raise StartupError(f"cannot load a Kubernetes configuration: {exc}") from None
+        raise StartupError(f"cannot reach Kubernetes: {exc}") from None
     target = Target(account_id=str(identity["Account"]), partition=arn.split(":")[1])
     return Runtime(
         settings=settings,
@@ -54,6 +57,7 @@ def make_runtime(settings: Settings) -> Runtime:
         kube=kube,
         installation=Installation(settings, aws, target),
         emit=partial(_post_and_count_event, kube),
+        installation_id=installation_id(settings.cluster_name, cluster_uid),
     )
 
 

@@ -149,6 +149,7 @@ class IndexUpdate:
     iam_user: str | None = None
     secret_arn: str | None = None
     mirrored_version: str | None = None
+    access_key_id: str | None = None  # the mirrored key (the dead-key check looks it up)
     next_rotation: datetime | None = None
     window: timedelta = timedelta(hours=1)
     previous_key_due: datetime | None = None
@@ -166,6 +167,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     index: IndexUpdate = field(default_factory=lambda: IndexUpdate(active=False))
     recheck_after: float | None = None
+    log_detail: str = ""  # for administrators (the operator log), never on the object
 
     @property
     def again(self) -> bool:

@@ -9,13 +9,16 @@ come first and return before any action: check, then act.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from keyrotor.conditions import Condition, isoformat
+from keyrotor.conditions import Condition, find_condition, isoformat
 from keyrotor.kms_keys import kms_key_update_needed
-from keyrotor.mirroring import mirror_key
+from keyrotor.mirroring import dead_key, mirror_key
 from keyrotor.model import (
+    END_GRACE_ANNOTATION,
     ROTATE_NOW_ANNOTATION,
     TAG_UID,
     ConditionType,
@@ -65,7 +68,7 @@ def claim_step(spec: Spec, obs: Observation) -> TakeClaim | None:
         return None
     return TakeClaim(
         iam_user=spec.iam_user,
-        value=claim_value(obs.context.cluster_name, obs.obj.uid),
+        value=claim_value(obs.context.installation, obs.obj.uid),
         object_label=f"{obs.obj.namespace}/{obs.obj.name}"[:256],
     )
 
@@ -152,10 +155,24 @@ class RotateNow:
     request: RequestRotation | None = None
     handled: str | None = None  # requested earlier (before a restart): record it as handled
     wait: bool = False  # a rotation is running: after it
+    grace_until: datetime | None = None  # the previous key's grace period: until then
 
 
-def rotate_now(obs: Observation, *, running: bool) -> RotateNow:
-    """``keyrotor.io/rotate-now``: one rotation per distinct value, at once."""
+def grace_period_until(status: Mapping[str, Any], now: datetime) -> datetime | None:
+    """The grace period is a promise: while the previous key is Active and inside
+    previousKey.after, a rotation would remove it at the two-key limit. Until when it holds."""
+    previous = status.get("previousKey") or {}
+    until = previous.get("actionAfter")
+    if previous.get("state") != "Active" or not until:
+        return None
+    due = datetime.fromisoformat(str(until).replace("Z", "+00:00"))
+    return due if now < due else None
+
+
+def rotate_now(obs: Observation, now: datetime, *, running: bool) -> RotateNow:
+    """``keyrotor.io/rotate-now``: one rotation per distinct value, at once; after a running
+    rotation; after the previous key's grace period unless ``keyrotor.io/end-grace-period``
+    carries the same value (an emergency: a leaked key)."""
     wanted, secret = obs.obj.rotate_now, obs.secret
     if not wanted or wanted == obs.obj.status.get("rotateNowHandled") or secret is None:
         return RotateNow()
@@ -164,6 +181,9 @@ def rotate_now(obs: Observation, *, running: bool) -> RotateNow:
         return RotateNow(handled=wanted)
     if running:
         return RotateNow(wait=True)
+    until = grace_period_until(obs.obj.status, now)
+    if until is not None and obs.obj.end_grace != wanted:
+        return RotateNow(grace_until=until)
     return RotateNow(
         request=RequestRotation(
             arn=secret.arn,
@@ -182,6 +202,7 @@ def rotate_now(obs: Observation, *, running: bool) -> RotateNow:
 
 def refused(plan: Plan, refusal: Refusal, obs: Observation) -> Plan:
     plan.ready = Condition(ConditionType.READY, False, refusal.reason, refusal.message)
+    plan.log_detail = refusal.detail
     if refusal.reason != Reason.SUSPENDED:
         plan.recheck_after = obs.context.recheck_interval
     return plan
@@ -214,15 +235,8 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
     if clear or configure:
         result.actions.extend([*clear, *([configure] if configure else [])])
         return result
-    result.conditions.append(
-        Condition(
-            ConditionType.ROTATION_CONFIGURED,
-            True,
-            Reason.ROTATION_ENABLED,
-            f"rotation by {obs.lambda_arn} on {spec.schedule_expression}",
-        )
-    )
-    asked = rotate_now(obs, running=running)
+    asked = rotate_now(obs, now, running=running)
+    result.conditions.append(rotation_configured(spec, obs, asked, now, result))
     focus = running or asked.request is not None or asked.handled is not None
     if asked.request is not None:
         result.actions.append(asked.request)
@@ -231,7 +245,11 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
         result.facts["rotateNowHandled"] = asked.handled
     if asked.wait:
         result.recheck_after = RETRY_ROTATION_IN_PROGRESS
-    sync = mirror_key(spec, obs, now, first_key=never_rotated(obs), running=running)
+    if asked.grace_until is not None:
+        result.recheck_after = (asked.grace_until - now).total_seconds() + 1
+    sync = dead_key(obs, running=running) or mirror_key(
+        spec, obs, now, first_key=never_rotated(obs), running=running
+    )
     result.actions.extend(sync.actions)
     result.conditions.append(sync.condition)
     result.facts.update(sync.facts)
@@ -241,12 +259,38 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
         iam_user=spec.iam_user,
         secret_arn=secret.arn,
         mirrored_version=sync.mirrored_version,
+        access_key_id=result.facts.get("accessKeyId") or obs.obj.status.get("accessKeyId"),
         next_rotation=secret.next_rotation,
         window=parse_duration(spec.window, "h") if spec.window else IndexUpdate.window,
         previous_key_due=sync.previous_key_due,
         focus=focus or sync.focus,
     )
     return result
+
+
+def rotation_configured(
+    spec: Spec, obs: Observation, asked: RotateNow, now: datetime, result: Plan
+) -> Condition:
+    """Rotation is on; a rotate-now waiting for the grace period says until when (an Event the
+    first time)."""
+    if asked.grace_until is None:
+        return Condition(
+            ConditionType.ROTATION_CONFIGURED,
+            True,
+            Reason.ROTATION_ENABLED,
+            f"rotation by {obs.lambda_arn} on {spec.schedule_expression}",
+        )
+    previous = (obs.obj.status.get("previousKey") or {}).get("accessKeyId")
+    message = (
+        f"{ROTATE_NOW_ANNOTATION} {obs.obj.rotate_now!r} waits until "
+        f"{isoformat(asked.grace_until)}: the previous key {previous} is in its grace period "
+        f"(previousKey.after) and a rotation would remove it; to rotate at once and remove it, "
+        f"annotate {END_GRACE_ANNOTATION}={obs.obj.rotate_now}"
+    )
+    before = find_condition(obs.obj.status.get("conditions"), ConditionType.ROTATION_CONFIGURED)
+    if before is None or before.get("message") != message:
+        result.events.append(normal(Reason.GRACE_PERIOD, message))
+    return Condition(ConditionType.ROTATION_CONFIGURED, True, Reason.GRACE_PERIOD, message)
 
 
 def schedule_facts(secret: Observed) -> dict[str, str]:
@@ -268,15 +312,20 @@ def deletion_plan(spec: Spec, secret: Observed | None, *, uid: str) -> Plan:
     result = Plan()
     if secret is None or secret.tags.get(TAG_UID) != uid:
         return result  # never created, or not ours: leave it alone
+    result.actions.append(CancelRotation(arn=secret.arn))
     if spec.deletion_policy == "Retain":
+        # Nothing rotates unowned: a retained secret's schedule would otherwise meet the next
+        # owner's key at the two-key limit. An object with the same namespace, name and IAM user
+        # takes it back and turns rotation on again.
         result.events.append(
             normal(
                 Reason.SECRET_RETAINED,
-                f"left {secret.arn} and the IAM keys in place (deletionPolicy Retain)",
+                f"cancelled the rotation of {secret.arn} and left it and the IAM keys in place "
+                f"(deletionPolicy Retain); an AccessKeyRotation with the same namespace, name "
+                f"and IAM user takes it back",
             )
         )
         return result
-    result.actions.append(CancelRotation(arn=secret.arn))
     result.actions.append(
         ScheduleDeletion(arn=secret.arn, recovery_window_days=spec.recovery_window_days)
     )

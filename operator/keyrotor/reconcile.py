@@ -23,12 +23,15 @@ from keyrotor.conditions import Condition
 from keyrotor.executor import Done, execute
 from keyrotor.k8s import objects
 from keyrotor.k8s import secrets as target_secrets
+from keyrotor.mirroring import target_is_foreign
 from keyrotor.model import (
+    END_GRACE_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     ROTATE_NOW_ANNOTATION,
     TAG_CLUSTER,
     TAG_IAM_USER,
+    TAG_INSTALLATION,
     TAG_NAME,
     TAG_NAMESPACE,
     TAG_UID,
@@ -69,6 +72,7 @@ def object_view(body: Mapping[str, Any]) -> ObjectView:
         generation=metadata.get("generation"),
         resource_version=str(metadata.get("resourceVersion", "")),
         rotate_now=(metadata.get("annotations") or {}).get(ROTATE_NOW_ANNOTATION),
+        end_grace=(metadata.get("annotations") or {}).get(END_GRACE_ANNOTATION),
         status=dict(body.get("status") or {}),
     )
 
@@ -85,13 +89,15 @@ def parse(rt: Runtime, body: Mapping[str, Any]) -> Spec:
     )
 
 
-def secret_tags(rt: Runtime, obj: ObjectView, spec: Spec) -> dict[str, str]:
+def secret_tags(rt: Runtime, obj: ObjectView, iam_user: str) -> dict[str, str]:
+    """This object's tags on its secret; ``iam_user`` as IAM spells it (GetUser)."""
     return {
         TAG_CLUSTER: rt.settings.cluster_name,
+        TAG_INSTALLATION: rt.installation_id,
         TAG_NAMESPACE: obj.namespace,
         TAG_NAME: obj.name,
         TAG_UID: obj.uid,
-        TAG_IAM_USER: spec.iam_user,
+        TAG_IAM_USER: iam_user,
         MANAGED_BY_LABEL: MANAGED_BY_VALUE,
     }
 
@@ -109,14 +115,15 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
     """What the plan needs, read from IAM, Secrets Manager and Kubernetes. A refused object reads
     no more than it takes to refuse it, and no secret value."""
     settings = rt.settings
+    user = iam.get_user(rt.aws.iam, spec.iam_user)
     context = Context(
-        cluster_name=settings.cluster_name,
+        installation=rt.installation_id,
         stuck_after=settings.stuck_after,
         recheck_interval=settings.recheck_interval,
-        secret_tags=secret_tags(rt, obj, spec),
+        secret_tags=secret_tags(rt, obj, user.name if user else spec.iam_user),
+        namespace_path=f"{settings.secret_prefix}{obj.namespace}/",
         kms_keys=settings.kms_keys,
     )
-    user = iam.get_user(rt.aws.iam, spec.iam_user)
     allowed = any(rule.matches(obj.namespace, spec.iam_user) for rule in settings.allow)
     base = Observation(obj=obj, context=context, allowed_by_flag=allowed)
     if user is None:
@@ -155,8 +162,18 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         secret=secret,
         pending_ages=ages,
         target=target,
+        dead_key=_dead_key(rt, obj),
     )
     return _with_key(rt, observation, spec)
+
+
+def _dead_key(rt: Runtime, obj: ObjectView) -> str | None:
+    """The dead-key check's verdict on the key status says is mirrored, if it has one."""
+    entry = rt.index.get(obj.namespace, obj.name)
+    verdict = entry.key_verdict if entry is not None and entry.uid == obj.uid else None
+    if verdict is None or verdict[0] != obj.status.get("accessKeyId"):
+        return None
+    return verdict[1]
 
 
 def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:
@@ -165,7 +182,7 @@ def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:
     secret, obj, target = observation.secret, observation.obj, observation.target
     if secret is None or secret.current_version in (None, initial_version_id(obj.uid)):
         return Gathered(observation)
-    if any(rule(spec, observation) for rule in refusals.REFUSALS):
+    if any(rule(spec, observation) for rule in refusals.REFUSALS) or target_is_foreign(observation):
         return Gathered(observation)
     held = (
         target is not None
@@ -252,6 +269,9 @@ def converge(rt: Runtime, namespace: str, name: str) -> None:
 
 def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:
     plan, done, failure = decision.plan, decision.done, decision.failure
+    if plan.log_detail:
+        metadata = body["metadata"]
+        log.info("%s/%s refused: %s", metadata["namespace"], metadata["name"], plan.log_detail)
     ready = plan.ready
     facts = {**plan.facts, **done.facts}
     events = [*done.events, *plan.events]

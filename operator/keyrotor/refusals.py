@@ -7,9 +7,23 @@ says what a person would do about it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from keyrotor.kms_keys import kms_key_problem
-from keyrotor.model import CLAIM_OBJECT_TAG, CLAIM_TAG, TAG_UID, Reason, Spec
+from keyrotor.mirroring import foreign_target_message, target_is_foreign
+from keyrotor.model import (
+    ADOPT_TAG,
+    CLAIM_OBJECT_TAG,
+    CLAIM_TAG,
+    TAG_CLUSTER,
+    TAG_IAM_USER,
+    TAG_INSTALLATION,
+    TAG_NAME,
+    TAG_NAMESPACE,
+    TAG_UID,
+    Reason,
+    Spec,
+)
 from keyrotor.observation import Observation
 from keyrotor.tenancy import (
     Claim,
@@ -24,7 +38,8 @@ from keyrotor.tenancy import (
 @dataclass(frozen=True)
 class Refusal:
     reason: str
-    message: str
+    message: str  # for the tenant: never another namespace's objects, uids or secret contents
+    detail: str = ""  # for the operator log (administrators): who holds what
 
 
 # --- Refusals: each says why nothing may be done (yet) ------------------------------------------
@@ -62,7 +77,7 @@ def refuse_unauthorized(spec: Spec, obs: Observation) -> Refusal | None:
 def claim_holder(spec: Spec, obs: Observation) -> tuple[ClaimDecision, Claim | None]:
     """Whether the user's claim tag names this object, may be taken by it, or is held."""
     tags = obs.user.tags if obs.user else {}
-    mine = claim_value(obs.context.cluster_name, obs.obj.uid)
+    mine = claim_value(obs.context.installation, obs.obj.uid)
     decision = claim_decision(
         mine=mine, held=tags.get(CLAIM_TAG), live_uids={c.uid for c in obs.claims}
     )
@@ -74,7 +89,8 @@ def claim_holder(spec: Spec, obs: Observation) -> tuple[ClaimDecision, Claim | N
 
 def refuse_claimed(spec: Spec, obs: Observation) -> Refusal | None:
     """One IAM user, one object: the claim tag on the user decides; when it is free, the oldest
-    object that wants the user (the index) takes it."""
+    object that wants the user (the index) takes it. The message names the holder only when it
+    is in the same namespace; the log names it for administrators."""
     decision, winner = claim_holder(spec, obs)
     if decision is ClaimDecision.MINE or (decision is ClaimDecision.FREE and winner is None):
         return None
@@ -82,56 +98,104 @@ def refuse_claimed(spec: Spec, obs: Observation) -> Refusal | None:
     held = tags.get(CLAIM_TAG)
     holder = tags.get(CLAIM_OBJECT_TAG) or "?"
     if winner is not None:
-        held = claim_value(obs.context.cluster_name, winner.uid)
+        held = claim_value(obs.context.installation, winner.uid)
         holder = f"{winner.namespace}/{winner.name}"
-    holder_cluster = (held or "").rpartition("/")[0]
+    same_namespace = holder.partition("/")[0] == obs.obj.namespace and (
+        (held or "").rpartition("/")[0] == obs.context.installation
+    )
+    by = f"AccessKeyRotation {holder}" if same_namespace else "another AccessKeyRotation"
     return Refusal(
         Reason.CONFLICT,
-        f"IAM user {spec.iam_user!r} is already claimed by AccessKeyRotation {holder} of keyrotor "
-        f"installation {holder_cluster!r} (IAM tag {CLAIM_TAG}={held}); one IAM user is rotated "
-        f"by one object",
+        f"IAM user {spec.iam_user!r} is already rotated by {by} (IAM tag {CLAIM_TAG}); one IAM "
+        f"user is rotated by one object",
+        detail=f"IAM user {spec.iam_user} is claimed by {holder} ({CLAIM_TAG}={held})",
     )
 
 
-def refuse_foreign_secret(spec: Spec, obs: Observation) -> Refusal | None:
-    """The Secrets Manager secret of that name belongs to another object or to nobody we know."""
-    secret = obs.secret
+# --- Which Secrets Manager secret is this object's own -----------------------------------------
+
+
+class Ownership(Enum):
+    ABSENT = "Absent"  # no secret of that name: it may be created (under the namespace's path)
+    OWN = "Own"  # this object's tags
+    RETAINED = "Retained"  # this installation's, same namespace, name and user: kept by Retain
+    HANDED_OVER = "HandedOver"  # an AWS administrator tagged it keyrotor.io/adopt=<ns>/<name>
+    FOREIGN = "Foreign"  # another object's, or another installation's
+    UNMANAGED = "Unmanaged"  # no keyrotor tags and not handed over: somebody else's secret
+
+
+KEYROTOR_TAGS = (TAG_CLUSTER, TAG_INSTALLATION, TAG_NAMESPACE, TAG_NAME, TAG_UID, TAG_IAM_USER)
+
+
+def secret_ownership(obs: Observation) -> Ownership:
+    secret, want = obs.secret, obs.context.secret_tags
     if secret is None:
-        return None
-    want = obs.context.secret_tags
-    owner = secret.tags.get(TAG_UID)
-    if owner is not None and owner != want.get(TAG_UID):
+        return Ownership.ABSENT
+    have = secret.tags
+    if not any(k in have for k in KEYROTOR_TAGS):
+        handed = have.get(ADOPT_TAG) == f"{obs.obj.namespace}/{obs.obj.name}"
+        return Ownership.HANDED_OVER if handed else Ownership.UNMANAGED
+    same_object = all(have.get(k) == want.get(k) for k in (TAG_NAMESPACE, TAG_NAME)) and (
+        have.get(TAG_IAM_USER, "").lower() == want.get(TAG_IAM_USER, "").lower()
+    )
+    if same_object and have.get(TAG_UID) == want.get(TAG_UID):
+        return Ownership.OWN  # object uids are unique: made by this object
+    if same_object and have.get(TAG_INSTALLATION) == want.get(TAG_INSTALLATION):
+        return Ownership.RETAINED
+    return Ownership.FOREIGN
+
+
+def refuse_secret_not_own(spec: Spec, obs: Observation) -> Refusal | None:
+    """keyrotor touches only secrets it owns: this object's, the one an earlier object of the
+    same namespace, name and user retained, or one an AWS administrator handed over. Anything
+    else is refused and left as it was (and its value is never read)."""
+    name, ownership = spec.secret_name, secret_ownership(obs)
+    handover = (
+        f"an AWS administrator can hand an existing secret to this object with the tag "
+        f"{ADOPT_TAG}={obs.obj.namespace}/{obs.obj.name} (aws secretsmanager tag-resource "
+        f"--secret-id {name} --tags Key={ADOPT_TAG},Value={obs.obj.namespace}/{obs.obj.name})"
+    )
+    if ownership is Ownership.FOREIGN:
         return Refusal(
             Reason.CONFLICT,
-            f"Secrets Manager secret {spec.secret_name} belongs to {TAG_UID}={owner}",
+            f"Secrets Manager secret {name} belongs to another AccessKeyRotation; choose another "
+            f"spec.secretsManager.secretName",
+            detail=f"secret {name} is tagged {dict(obs.secret.tags) if obs.secret else {}}",
         )
-    same = all(secret.tags.get(k) == v for k, v in want.items() if k != TAG_UID)
-    if owner is None and secret.tags and not same:
+    if ownership is Ownership.UNMANAGED:
         return Refusal(
-            Reason.CONFLICT,
-            f"Secrets Manager secret {spec.secret_name} exists and is not managed by this keyrotor "
-            f"installation",
+            Reason.NOT_AUTHORIZED,
+            f"Secrets Manager secret {name} exists and was not made by keyrotor for this object; "
+            f"keyrotor leaves it alone: {handover}",
+        )
+    outside = not name.startswith(obs.context.namespace_path)
+    if ownership is Ownership.ABSENT and outside:
+        return Refusal(
+            Reason.NOT_AUTHORIZED,
+            f"spec.secretsManager.secretName {name!r} is outside this namespace's path "
+            f"{obs.context.namespace_path!r}: choose a name under it, or {handover}",
         )
     return None
 
 
 def refuse_key_of_another_user(spec: Spec, obs: Observation) -> Refusal | None:
-    if obs.key is not None and obs.key.access_key_id and obs.key.username != spec.iam_user:
-        arn = obs.secret.arn if obs.secret else spec.secret_name
+    """The secret's username must be the object's IAM user, before anything is written."""
+    key = obs.key
+    if key is not None and key.username.lower() != spec.iam_user.lower():
         return Refusal(
             Reason.CONFLICT,
-            f"secret {arn} holds a key of IAM user {obs.key.username!r}, not {spec.iam_user!r}",
+            f"Secrets Manager secret {spec.secret_name} holds a key of another IAM user, not "
+            f"{spec.iam_user!r}; keyrotor leaves it alone",
+            detail=f"secret {spec.secret_name} holds a key of IAM user {key.username!r}",
         )
     return None
 
 
 def refuse_foreign_target(spec: Spec, obs: Observation) -> Refusal | None:
-    if obs.target is not None and obs.target.exists and not obs.target.owned:
-        return Refusal(
-            Reason.CONFLICT,
-            f"Secret {obs.obj.namespace}/{spec.target_secret_name} exists and is not managed by "
-            f"this AccessKeyRotation; delete it or choose another spec.target.secretName",
-        )
+    """A Secret of the target's name that is not this object's, before anything was mirrored.
+    (One that replaced the mirrored Secret later is a sync failure: see mirroring.)"""
+    if target_is_foreign(obs) and not obs.obj.status.get("versionId"):
+        return Refusal(Reason.CONFLICT, foreign_target_message(spec, obs))
     return None
 
 
@@ -140,7 +204,7 @@ REFUSALS = (
     refuse_unknown_user,
     refuse_unauthorized,
     refuse_claimed,
-    refuse_foreign_secret,
+    refuse_secret_not_own,
     refuse_key_of_another_user,
     refuse_foreign_target,
 )

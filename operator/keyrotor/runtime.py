@@ -41,6 +41,7 @@ class Runtime:
     kube: KubeApis
     installation: Installation
     emit: EventSink
+    installation_id: str = ""  # tenancy.installation_id: claims and secret tags
     clock: Callable[[], datetime] = utcnow
     index: ObjectIndex = field(default_factory=ObjectIndex)
     # kopf's index of claims by IAM user (live; filled before the first handler runs).

@@ -65,6 +65,8 @@ class Settings:
     # The shared role, Lambda and permission are checked again this often (and after a failure
     # that points at them), so a Lambda deleted out of band comes back by itself.
     installation_recheck: float = 900.0
+    # Every mirrored key is looked up in IAM's credential report this often (O(1) calls).
+    dead_key_check: float = 3600.0
     lambda_role_arn: str | None = None
     allow: tuple[AllowRule, ...] = ()
     kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)

@@ -21,11 +21,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from keyrotor import metrics, reconcile
-from keyrotor.aws import secrets
+from keyrotor.aws import credential_report, secrets
+from keyrotor.aws.clients import translate
 from keyrotor.errors import failure_for
 from keyrotor.index import Entry
 from keyrotor.k8s.secrets import is_intact
@@ -36,6 +37,8 @@ from keyrotor.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+DEAD_KEY_REPORT_WAIT = 30.0  # seconds: a credential report being generated is asked for again
+
 
 class SyncLoop:
     def __init__(self, rt: Runtime) -> None:
@@ -44,12 +47,19 @@ class SyncLoop:
     async def run(self, stop: asyncio.Event) -> None:
         next_sweep = 0.0
         next_installation_check = time.monotonic() + self.rt.settings.installation_recheck
+        next_dead_key_check = time.monotonic() + self.rt.settings.dead_key_check
         while not stop.is_set():
             started = time.monotonic()
             try:
                 if time.monotonic() >= next_installation_check:
                     next_installation_check += self.rt.settings.installation_recheck
                     await asyncio.to_thread(self.check_installation)
+                if time.monotonic() >= next_dead_key_check:
+                    # A report being generated (or a failed check) is asked for again soon.
+                    wait = self.rt.settings.dead_key_check
+                    next_dead_key_check = time.monotonic() + min(wait, DEAD_KEY_REPORT_WAIT)
+                    if await asyncio.to_thread(self.check_dead_keys):
+                        next_dead_key_check = time.monotonic() + wait
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.rt.settings.sync_interval
                     await asyncio.to_thread(self.sweep)
@@ -66,6 +76,50 @@ class SyncLoop:
         if self.rt.index.active():
             self.rt.installation.forget()
             self.rt.installation.ensure()
+
+    def check_dead_keys(self) -> bool:
+        """Every mirrored key, looked up in IAM's credential report: O(1) AWS calls for the whole
+        installation (plus one ListAccessKeys per new key, for its CreateDate). A key deleted or
+        deactivated outside keyrotor makes its object decide again (DeadKey, and a rotation);
+        a deleted user shows at that decision (UserNotFound). False: the report is not ready."""
+        entries = [e for e in self.rt.index.active() if e.state.access_key_id and e.state.iam_user]
+        if not entries:
+            return True
+        iam = self.rt.aws.iam
+        max_age = timedelta(seconds=self.rt.settings.dead_key_check)
+        try:
+            report = credential_report.fetch_report(iam, now=self.rt.clock(), max_age=max_age)
+        except Exception as exc:
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+        if report is None:
+            return False
+        metrics.DEAD_KEY_CHECKS.inc()
+        for entry in entries:
+            try:
+                if self._key_is_dead(entry, report):
+                    self.decide(entry)
+            except Exception as exc:
+                log.warning("%s/%s: %s", entry.namespace, entry.name, failure_for(exc).message)
+        return True
+
+    def _key_is_dead(self, entry: Entry, report: credential_report.CredentialReport) -> bool:
+        key_id, user = entry.state.access_key_id or "", entry.state.iam_user or ""
+        created = (
+            entry.key_created if entry.key_created and entry.key_created[0] == key_id else None
+        )
+        if created is None:
+            when = credential_report.key_created(self.rt.aws.iam, user, key_id)
+            created = (key_id, when) if when is not None else None
+        state = credential_report.key_state(report, user, created[1]) if created else "gone"
+        verdict = {"gone": "gone", "user-gone": "gone", "inactive": "inactive"}.get(state)
+        dead = (key_id, verdict) if verdict else None
+        self.rt.index.note_key(
+            entry.namespace, entry.name, entry.uid, created=created, verdict=dead
+        )
+        return dead is not None
 
     def decide(self, entry: Entry) -> None:
         """A new decision on one object; whatever happens stays with that object."""

@@ -75,8 +75,14 @@ class ClaimDecision(Enum):
     TAKEN = "Taken"  # another live object (or another installation) holds it
 
 
-def claim_value(cluster: str, uid: str) -> str:
-    return f"{cluster}/{uid}"
+def installation_id(cluster_name: str, cluster_uid: str) -> str:
+    """Unique per cluster without configuration: the kube-system namespace's uid, with the
+    cluster name as a readable label. Two clusters that share a name never share an id."""
+    return f"{cluster_name}@{cluster_uid}" if cluster_uid else cluster_name
+
+
+def claim_value(installation: str, uid: str) -> str:
+    return f"{installation}/{uid}"
 
 
 def claim_decision(*, mine: str, held: str | None, live_uids: set[str]) -> ClaimDecision:
@@ -86,8 +92,8 @@ def claim_decision(*, mine: str, held: str | None, live_uids: set[str]) -> Claim
         return ClaimDecision.MINE
     if held is None:
         return ClaimDecision.FREE
-    held_cluster, _, held_uid = held.rpartition("/")
-    my_cluster = mine.rpartition("/")[0]
-    if held_cluster == my_cluster and held_uid not in live_uids:
+    held_installation, _, held_uid = held.rpartition("/")
+    my_installation = mine.rpartition("/")[0]
+    if held_installation == my_installation and held_uid not in live_uids:
         return ClaimDecision.FREE  # its object is gone (deleted without its finalizer)
     return ClaimDecision.TAKEN

@@ -109,6 +109,12 @@ test_packaging.py`` fails on any other.
              1, 89, 91 or 400 days old.
    doc:      IAM/latest/APIReference/API_AccessKeyMetadata.html, API_AccessKeyLastUsed.html
    test:     test_age_access_key_sets_create_date_and_last_use
+11. An access key's CreateDate is to the second.
+   moto:     CreateAccessKey and ListAccessKeys report it with microseconds.
+   restored: whole seconds, as AWS reports it and as the credential report's last_rotated has
+             it (code that matched the two exactly would pass here and fail on AWS otherwise).
+   doc:      IAM/latest/APIReference/API_AccessKeyMetadata.html (example responses)
+   test:     test_access_key_create_date_is_to_the_second
 
 11. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
@@ -506,6 +512,7 @@ def _install_moto_patches() -> None:
                 result["LastRotatedDate"] = self.last_rotation_date
             return result
 
+        from moto.iam import models as iam_models
         from moto.iam.responses import IamResponse
 
         original_generate = IamResponse.generate_credential_report
@@ -522,6 +529,16 @@ def _install_moto_patches() -> None:
             if emulator is None:
                 return original_get(self)
             return emulator._get_credential_report(self.backend)
+
+        original_create_key = iam_models.IAMBackend.create_access_key
+
+        def create_access_key(self: Any, *args: Any, **kwargs: Any) -> Any:
+            key = original_create_key(self, *args, **kwargs)
+            if _active() is not None:
+                key.create_date = key.create_date.replace(microsecond=0)
+            return key
+
+        setattr(iam_models.IAMBackend, "create_access_key", create_access_key)  # noqa: B010
 
         from moto.iam.models import IAMBackend
 

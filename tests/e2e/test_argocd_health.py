@@ -9,15 +9,18 @@ inspection.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lupa.lua51 as lua51
 import pytest
 import yaml
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from keyrotor_sandbox.aws import LAMBDA_RETRIES
@@ -29,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HEALTH_LUA = ROOT / "deploy" / "argocd" / "health.lua"
 CRD_PATH = ROOT / "crds" / "keyrotor.io_accesskeyrotations.yaml"
 ARGOCD_CM = ROOT / "deploy" / "argocd" / "argocd-cm.yaml"
-KEYROTOR_ARGS = ("--stuck-after", "60")  # keep a crashed first rotation pending while captured
+# Keep a crashed rotation pending while captured; look for dead keys every 2 seconds.
+KEYROTOR_ARGS = ("--stuck-after", "60", "--dead-key-check-interval", "2")
 
 # What Argo CD must show for each state the operator reports.
 EXPECTED = {
@@ -38,6 +42,8 @@ EXPECTED = {
     "InvalidSpec": "Degraded",
     "NotAuthorized": "Degraded",
     "Conflict": "Degraded",
+    "DeadKey": "Degraded",
+    "KmsKeyNotAllowed": "Degraded",
     "UserNotFound": "Degraded",
     "AccessDenied": "Degraded",
     "AwsError": "Degraded",
@@ -115,6 +121,75 @@ def create_under_older_schema(keyrotor: Harness, ns: str, name: str, spec: dict[
         keyrotor.kube.install_crds(CRD_PATH)
 
 
+@contextlib.contextmanager
+def secrets_refused_in(keyrotor: Harness, namespace: str) -> Iterator[None]:
+    """While inside: the API server refuses (422) every Secret keyrotor writes in namespace."""
+    name = f"keyrotor-test-refuse-{namespace}"
+    admission = client.AdmissionregistrationV1Api(keyrotor.api)
+    admission.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["secrets"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "object.metadata.namespace != '" + namespace + "'",
+                        "message": "Secrets are refused in this namespace (test policy)",
+                        "reason": "Invalid",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "objectSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "keyrotor"}}
+                },
+            },
+        }
+    )
+    try:
+        probe = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="probe", labels={"app.kubernetes.io/managed-by": "keyrotor"}
+            )
+        )
+
+        def in_force() -> bool:
+            try:
+                keyrotor.core.create_namespaced_secret(namespace, probe)
+            except ApiException as exc:
+                assert exc.status == 422, exc.body
+                return True
+            keyrotor.core.delete_namespaced_secret("probe", namespace)
+            return False  # the policy is not in force yet
+
+        keyrotor.wait(in_force, 30, "the admission policy in force")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+
+
 @pytest.fixture(scope="module")
 def captured(
     keyrotor: Harness, tmp_path_factory: pytest.TempPathFactory
@@ -146,6 +221,15 @@ def captured(
     capture.reason(ns, "not-authorized", "NotAuthorized")
     create(ns, "conflict", {"iamUser": ready_user})
     capture.reason(ns, "conflict", "Conflict")
+    create(
+        ns,
+        "kms-key",
+        {
+            "iamUser": keyrotor.iam_user(namespaces=ns),
+            "secretsManager": {"kmsKeyId": "alias/another-teams-key"},
+        },
+    )
+    capture.reason(ns, "kms-key", "KmsKeyNotAllowed")
     create(ns, "no-user", {"iamUser": f"svc-{uuid.uuid4().hex[:8]}"})
     capture.reason(ns, "no-user", "UserNotFound")
     create(ns, "suspended", {"iamUser": keyrotor.iam_user(namespaces=ns), "suspend": True})
@@ -193,22 +277,29 @@ def captured(
     finally:
         aws.faults.clear()
 
-    # A sync the loop cannot do: the mirrored Secret is replaced by one keyrotor does not own,
-    # then Secrets Manager rotates (not keyrotor): the loop finds the new version and may not
-    # overwrite the foreign Secret.
-    sync_user = keyrotor.iam_user(namespaces=ns)
-    create(ns, "sync-failed", {"iamUser": sync_user})
-    arn = capture.reason(ns, "sync-failed", "Ready")["status"]["secretArn"]
+    # The mirrored key deleted outside keyrotor, found in IAM's credential report. The rotation
+    # that replaces it crashes in every attempt, so the object stays in this state to be seen.
+    dead_user = keyrotor.iam_user(namespaces=ns)
+    create(ns, "dead-key", {"iamUser": dead_user})
+    dead_key = capture.reason(ns, "dead-key", "Ready")["status"]["accessKeyId"]
     capture.objects.pop("Ready")
-    capture.reason(ns, "ready", "Ready")  # keep the first object as the Ready sample
-    keyrotor.core.patch_namespaced_secret(
-        "sync-failed",
-        ns,
-        {"metadata": {"ownerReferences": None, "labels": {"app.kubernetes.io/managed-by": None}}},
-    )
     aws.wait_for_rotations()
-    aws.client("secretsmanager").rotate_secret(SecretId=arn)
-    capture.reason(ns, "sync-failed", "SyncFailed")
+    aws.faults.crash_lambda("createSecret", times=LAMBDA_RETRIES + 1)
+    try:
+        aws.client("iam").delete_access_key(UserName=dead_user, AccessKeyId=dead_key)
+        with contextlib.suppress(KeyError):  # no report yet: the next check makes one
+            aws.age_credential_report(timedelta(hours=5))  # a new report on the next check
+        capture.reason(ns, "dead-key", "DeadKey")
+    finally:
+        aws.faults.clear()
+    capture.reason(ns, "ready", "Ready")  # the Ready sample stays the first object
+
+    # The API server refuses the mirrored Secret: a ValidatingAdmissionPolicy (the API server's
+    # own CEL admission) denies keyrotor's Secrets in one namespace.
+    refusing = keyrotor.namespace("argo-refuse")
+    with secrets_refused_in(keyrotor, refusing):
+        create(refusing, "sync-failed", {"iamUser": keyrotor.iam_user(namespaces=refusing)})
+        capture.reason(refusing, "sync-failed", "SyncFailed")
 
     capture.save()
     yield capture.objects

@@ -22,7 +22,7 @@ def test_claim_is_set_while_the_object_lives_and_released_after(keyrotor: Harnes
     created = keyrotor.create(ns, "app", {"iamUser": user})
     keyrotor.wait_ready(ns, "app")
     tags = _tags(keyrotor, user)
-    assert tags[CLAIM] == f"{keyrotor.cluster_name}/{created['metadata']['uid']}"
+    assert tags[CLAIM] == f"{keyrotor.installation_id}/{created['metadata']['uid']}"
     assert tags["keyrotor.io/claimed-by-object"] == f"{ns}/app"
     keyrotor.delete(ns, "app")
     keyrotor.wait(lambda: keyrotor.get(ns, "app") is None, what="the object finalized")
@@ -44,7 +44,10 @@ def test_user_claimed_by_another_installation_is_a_conflict(keyrotor: Harness) -
     keyrotor.create(ns, "app", {"iamUser": user})
     obj = keyrotor.wait_condition(ns, "app", "Ready", "False", "Conflict")
     message = keyrotor.condition(obj, "Ready")["message"]
-    assert "team-x/exporter" in message and "'other-cluster'" in message
+    assert "already rotated by another AccessKeyRotation" in message
+    # Another installation's object is not named to this tenant; the operator log names it.
+    assert "team-x" not in message and "other-cluster" not in message
+    keyrotor.wait(lambda: "team-x/exporter" in keyrotor.all_logs(), what="the holder in the log")
     assert keyrotor.user_keys(user) == {}  # nothing was rotated
     assert "secretArn" not in obj["status"]
     # The other installation lets go: this object takes the user.
@@ -59,8 +62,25 @@ def test_stale_claim_of_this_installation_is_taken_over(keyrotor: Harness) -> No
     user = keyrotor.iam_user(namespaces=ns)
     keyrotor.aws.client("iam").tag_user(
         UserName=user,
-        Tags=[{"Key": CLAIM, "Value": f"{keyrotor.cluster_name}/uid-of-an-object-long-gone"}],
+        Tags=[{"Key": CLAIM, "Value": f"{keyrotor.installation_id}/uid-of-an-object-long-gone"}],
     )
     created = keyrotor.create(ns, "app", {"iamUser": user})
     keyrotor.wait_ready(ns, "app")
-    assert _tags(keyrotor, user)[CLAIM] == f"{keyrotor.cluster_name}/{created['metadata']['uid']}"
+    assert (
+        _tags(keyrotor, user)[CLAIM] == f"{keyrotor.installation_id}/{created['metadata']['uid']}"
+    )
+
+
+def test_claim_of_a_cluster_with_the_same_name_is_not_taken_over(keyrotor: Harness) -> None:
+    """Issue 8 (6): two clusters that share a cluster name are two installations: a claim of
+    the other one is never taken over as stale."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    other = f"{keyrotor.cluster_name}@00000000-0000-0000-0000-000000000000/uid-elsewhere"
+    keyrotor.aws.client("iam").tag_user(UserName=user, Tags=[{"Key": CLAIM, "Value": other}])
+    keyrotor.create(ns, "app", {"iamUser": user})
+    obj = keyrotor.wait_condition(ns, "app", "Ready", "False", "Conflict")
+    assert "uid-elsewhere" not in keyrotor.condition(obj, "Ready")["message"]
+    assert _tags(keyrotor, user)[CLAIM] == other
+    assert keyrotor.user_keys(user) == {}
+    assert "secretArn" not in obj["status"]

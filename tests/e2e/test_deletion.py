@@ -31,7 +31,7 @@ def _gone(keyrotor: Harness, ns: str) -> None:
     )
 
 
-def test_retain_leaves_the_aws_secret_and_keys(keyrotor: Harness) -> None:
+def test_retain_leaves_the_aws_secret_and_keys_and_cancels_rotation(keyrotor: Harness) -> None:
     ns, user, status = _ready_object(keyrotor, {"secretsManager": {"deletionPolicy": "Retain"}})
     data = keyrotor.secret_data(keyrotor.secret(ns, "app"))
     keys_before = keyrotor.user_keys(user)
@@ -42,7 +42,8 @@ def test_retain_leaves_the_aws_secret_and_keys(keyrotor: Harness) -> None:
 
     described = keyrotor.aws.client("secretsmanager").describe_secret(SecretId=status["secretArn"])
     assert "DeletedDate" not in described
-    assert described["RotationEnabled"] is True
+    # Nothing rotates unowned (issue 8, 1): the retained secret's schedule is cancelled.
+    assert not described.get("RotationEnabled")
     assert keyrotor.user_keys(user) == keys_before
     assert keyrotor.caller_arn(data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"]).endswith(
         f":user/{user}"

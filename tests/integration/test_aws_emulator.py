@@ -695,3 +695,14 @@ def test_age_access_key_sets_create_date_and_last_use(aws: AwsEmulator, iam_user
     assert row["access_key_1_last_used_date"] == _second(used)
     with pytest.raises(KeyError):
         aws.age_access_key("AKIANOSUCHKEY0000000", created=created)
+
+
+# -- fix 11: CreateDate to the second ----------------------------------------------------------
+
+
+def test_access_key_create_date_is_to_the_second(aws: AwsEmulator, iam_user: str) -> None:
+    iam = aws.client("iam")
+    created = iam.create_access_key(UserName=iam_user)["AccessKey"]["CreateDate"]
+    listed = iam.list_access_keys(UserName=iam_user)["AccessKeyMetadata"][0]["CreateDate"]
+    assert created == listed
+    assert created.microsecond == 0

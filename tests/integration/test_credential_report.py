@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from keyrotor.aws.credential_report import fetch_report, key_state
+from keyrotor.aws.credential_report import fetch_report, key_created, key_state
 from keyrotor_sandbox.aws import AwsEmulator
 
 
@@ -68,8 +68,13 @@ def test_a_report_within_max_age_is_used_as_is(aws: AwsEmulator, iam_user: str) 
     # The snapshot predates the key: it cannot say, and says so.
     assert key_state(again, iam_user, key["CreateDate"]) == "unknown"
     # Asking for a fresher one within AWS's four hours still gets this one (COMPLETE).
+    aws.calls.reset()
     fresher = fetch_report(iam, now=datetime.now(UTC), max_age=timedelta(minutes=5))
     assert fresher is not None and fresher.generated == again.generated
+    assert aws.calls.pairs() == [
+        ("iam", "GetCredentialReport"),
+        ("iam", "GenerateCredentialReport"),
+    ]
 
 
 def test_deleted_and_deactivated_keys_and_deleted_users_are_seen(aws: AwsEmulator) -> None:
@@ -100,3 +105,18 @@ def test_deleted_and_deactivated_keys_and_deleted_users_are_seen(aws: AwsEmulato
     assert report is not None
     states = {role: key_state(report, name, created) for role, (name, created) in users.items()}
     assert states == {"deactivated": "inactive", "deleted": "gone", "gone": "user-gone"}
+
+
+def test_key_created_is_what_the_report_knows_the_key_by(aws: AwsEmulator, iam_user: str) -> None:
+    iam = aws.client("iam")
+    key = iam.create_access_key(UserName=iam_user)["AccessKey"]
+    aws.age_access_key(key["AccessKeyId"], created=datetime.now(UTC) - timedelta(days=3))
+    created = key_created(iam, iam_user, key["AccessKeyId"])
+    assert created is not None and created.microsecond == 0
+    _no_report_younger_than_four_hours(aws)
+    fetch_report(iam, now=datetime.now(UTC))
+    report = fetch_report(iam, now=datetime.now(UTC))
+    assert report is not None
+    assert key_state(report, iam_user, created) == "active"
+    assert key_created(iam, iam_user, "AKIANOSUCHKEY0000000") is None
+    assert key_created(iam, "no-such-user-" + uuid.uuid4().hex[:8], key["AccessKeyId"]) is None

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 
@@ -37,7 +38,7 @@ VALUES: dict[str, list[str]] = {
         "replicaCount=1",
         "leaderElection.enabled=false",
     ],
-    "namespaced": ["clusterName=prod-eu-1", "namespaces={team-a,team-b}"],
+    "namespaced": ["clusterName=prod-eu-1", "rbac.namespaced=true", "namespaces={team-a,team-b}"],
     "monitoring": [
         "clusterName=prod-eu-1",
         "metrics.serviceMonitor.enabled=true",
@@ -219,23 +220,50 @@ def test_rendered_objects_pass_a_server_side_dry_run(
     (schemas, CRD schemas, defaulting, admission) and stores nothing."""
     from kubernetes import dynamic
 
-    docs = render(helm, VALUES[combination], namespace=namespace)
+    # The namespaces the chart serves in namespaced mode must exist for its Roles.
+    core = kubernetes.client.CoreV1Api(kube_admin_api)
+    served = {"team-a": f"{namespace}-a", "team-b": f"{namespace}-b"}
+    for name in served.values():
+        core.create_namespace(
+            kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
+        )
+    values = [
+        v.replace("team-a", served["team-a"]).replace("team-b", served["team-b"])
+        for v in VALUES[combination]
+    ]
+    rendered = template(helm, values, namespace)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     client = dynamic.DynamicClient(kube_admin_api)
     refused = {}
-    for (kind, name), document in docs.items():
-        resource = client.resources.get(api_version=document["apiVersion"], kind=kind)
-        try:
-            client.server_side_apply(
-                resource,
-                body=document,
-                namespace=namespace if resource.namespaced else None,
-                field_manager="keyrotor-chart-test",
-                force_conflicts=True,
-                dry_run="All",
-            )
-        except Exception as exc:
-            refused[(kind, name)] = getattr(exc, "body", None) or repr(exc)
+    try:
+        for document in documents:
+            kind, name = document["kind"], document["metadata"]["name"]
+            resource = client.resources.get(api_version=document["apiVersion"], kind=kind)
+            try:
+                client.server_side_apply(
+                    resource,
+                    body=document,
+                    namespace=(document["metadata"].get("namespace") or namespace)
+                    if resource.namespaced
+                    else None,
+                    field_manager="keyrotor-chart-test",
+                    force_conflicts=True,
+                    dry_run="All",
+                )
+            except Exception as exc:
+                refused[(kind, name)] = getattr(exc, "body", None) or repr(exc)
+    finally:
+        for name in served.values():
+            core.delete_namespace(name)
     assert refused == {}
+    if combination == "namespaced":
+        roles = {
+            (d["metadata"]["namespace"], d["metadata"]["name"])
+            for d in documents
+            if d["kind"] == "Role"
+        }
+        assert {ns for ns, _ in roles} >= set(served.values())
     # Dry run: nothing was stored.
     apps = dynamic.DynamicClient(kube_admin_api).resources.get(
         api_version="apps/v1", kind="Deployment"
@@ -256,3 +284,68 @@ def test_kustomize_base_runs_two_replicas_with_leader_election() -> None:
     assert container_env(docs)["KEYROTOR_LEADER_ELECT"] == "true"
     pdb = docs[("PodDisruptionBudget", "keyrotor")]
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+MONITORING = ROOT / "deploy" / "monitoring"
+
+
+def kustomize_monitoring() -> list[dict[str, Any]]:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(MONITORING)], check=True, capture_output=True, text=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def test_kustomize_monitoring_matches_the_chart() -> None:
+    """deploy/monitoring (for the kustomize install) ships the chart's alerts and dashboard."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in kustomize_monitoring()}
+    alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert docs[("PrometheusRule", "keyrotor")]["spec"] == alerts
+    dashboard = docs[("ConfigMap", "keyrotor-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["keyrotor.json"]) == json.loads(
+        (CHART / "files" / "dashboard.json").read_text()
+    )
+    base = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "deploy" / "base")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    service = next(d for d in yaml.safe_load_all(base) if d and d["kind"] == "Service")
+    monitor = docs[("ServiceMonitor", "keyrotor")]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+@pytest.mark.kube
+def test_kustomize_monitoring_passes_a_server_side_dry_run(
+    kube_admin_api: Any, monitoring_crds: None
+) -> None:
+    from kubernetes import dynamic
+
+    client = dynamic.DynamicClient(kube_admin_api)
+    core = kubernetes.client.CoreV1Api(kube_admin_api)
+    try:
+        core.create_namespace(
+            kubernetes.client.V1Namespace(
+                metadata=kubernetes.client.V1ObjectMeta(name="keyrotor-system")
+            )
+        )
+    except kubernetes.client.ApiException as exc:
+        assert exc.status == 409, exc.body  # there already
+    accepted = []
+    for document in kustomize_monitoring():
+        resource = client.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        answer = client.server_side_apply(
+            resource,
+            body=document,
+            namespace=document["metadata"]["namespace"],
+            field_manager="keyrotor-chart-test",
+            force_conflicts=True,
+            dry_run="All",
+        )
+        accepted.append(answer.kind)
+    assert sorted(accepted) == ["ConfigMap", "PrometheusRule", "ServiceMonitor"]

@@ -21,10 +21,12 @@ from keyrotor.mirroring import (
     target_state,
 )
 from keyrotor.model import (
+    ADOPT_TAG,
     CLAIM_TAG,
     NAMESPACES_TAG,
     TAG_CLUSTER,
     TAG_IAM_USER,
+    TAG_INSTALLATION,
     TAG_NAME,
     TAG_NAMESPACE,
     TAG_UID,
@@ -65,8 +67,10 @@ UID = "uid-1"
 USER = "svc"
 LAMBDA = "arn:aws:lambda:us-east-1:123456789012:function:keyrotor-c-rotation"
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:keyrotor/c/team-a/app-AbCdEf"
+INSTALLATION = "c@kube-system-uid"
 TAGS = {
     TAG_CLUSTER: "c",
+    TAG_INSTALLATION: INSTALLATION,
     TAG_NAMESPACE: "team-a",
     TAG_NAME: "app",
     TAG_UID: UID,
@@ -117,9 +121,13 @@ def observe(
             status={"versionId": "v2", "accessKeyId": "AKIA2"} if status is None else status,
         ),
         "context": Context(
-            cluster_name="c", stuck_after=900, recheck_interval=120, secret_tags=TAGS
+            installation=INSTALLATION,
+            stuck_after=900,
+            recheck_interval=120,
+            secret_tags=TAGS,
+            namespace_path="keyrotor/c/team-a/",
         ),
-        "user": UserView(USER, {NAMESPACES_TAG: "team-a", CLAIM_TAG: f"c/{UID}"}),
+        "user": UserView(USER, {NAMESPACES_TAG: "team-a", CLAIM_TAG: f"{INSTALLATION}/{UID}"}),
         "claims": (Claim("team-a", "app", UID, "2026-01-01T00:00:00Z", holding=True),),
         "lambda_arn": LAMBDA,
         "secret": secret(),
@@ -168,9 +176,9 @@ def test_in_step_nothing_to_do() -> None:
         ),
         (
             "claimed_by_another_installation",
-            observe(user=UserView(USER, {NAMESPACES_TAG: "*", CLAIM_TAG: "other/uid-9"})),
+            observe(user=UserView(USER, {NAMESPACES_TAG: "*", CLAIM_TAG: "other@x/uid-9"})),
             Reason.CONFLICT,
-            "already claimed",
+            "already rotated by another AccessKeyRotation",
         ),
         (
             "older_object_wants_the_user",
@@ -182,29 +190,41 @@ def test_in_step_nothing_to_do() -> None:
                 ),
             ),
             Reason.CONFLICT,
-            "already claimed",
+            "already rotated by AccessKeyRotation team-a/older",
         ),
         (
             "secret_of_another_object",
-            observe(secret=secret(tags={**TAGS, TAG_UID: "uid-2"})),
+            observe(secret=secret(tags={**TAGS, TAG_NAMESPACE: "team-b", TAG_UID: "uid-2"})),
             Reason.CONFLICT,
-            "belongs to",
+            "belongs to another AccessKeyRotation; choose another",
         ),
         (
-            "secret_of_nobody_we_know",
+            "secret_not_made_by_keyrotor",
             observe(secret=secret(tags={"team": "x"})),
+            Reason.NOT_AUTHORIZED,
+            "tag keyrotor.io/adopt=team-a/app",
+        ),
+        (
+            "secret_handed_to_another_object",
+            observe(secret=secret(tags={ADOPT_TAG: "team-a/other"})),
+            Reason.NOT_AUTHORIZED,
+            "was not made by keyrotor for this object",
+        ),
+        (
+            "retained_secret_of_another_installation",
+            observe(secret=secret(tags={**TAGS, TAG_INSTALLATION: "c@other", TAG_UID: "u0"})),
             Reason.CONFLICT,
-            "not managed by this keyrotor installation",
+            "belongs to another AccessKeyRotation",
         ),
         (
             "key_of_another_user",
             observe(key=KeyView("v2", "someone-else", "AKIA2")),
             Reason.CONFLICT,
-            "holds a key of IAM user 'someone-else'",
+            "holds a key of another IAM user",
         ),
         (
             "target_secret_not_ours",
-            observe(target=TargetView(exists=True, owned=False)),
+            observe(target=TargetView(exists=True, owned=False), status={}),
             Reason.CONFLICT,
             "is not managed by this AccessKeyRotation",
         ),
@@ -217,6 +237,9 @@ def test_refusal_acts_on_nothing(
     plan = policies.plan(spec(), observation, NOW)
     assert ready_reason(plan) == reason
     assert says in plan.ready.message  # type: ignore[union-attr]
+    # A tenant never learns another namespace's objects, uids or secret contents.
+    for hidden in ("team-b", "uid-2", "uid-9", "someone-else", "c@other"):
+        assert hidden not in plan.ready.message  # type: ignore[union-attr]
     assert plan.actions == []
     assert not plan.index.active
     assert plan.recheck_after == 120
@@ -235,11 +258,11 @@ def test_claim_is_taken_when_free() -> None:
     obs = observe(user=UserView(USER, {NAMESPACES_TAG: "*"}))
     plan = policies.plan(spec(), obs, NOW)
     assert kinds(plan) == [TakeClaim] and plan.again
-    assert plan.actions[0].value == f"c/{UID}"  # type: ignore[attr-defined]
+    assert plan.actions[0].value == f"{INSTALLATION}/{UID}"  # type: ignore[attr-defined]
 
 
 def test_stale_claim_of_this_installation_is_taken() -> None:
-    obs = observe(user=UserView(USER, {NAMESPACES_TAG: "*", CLAIM_TAG: "c/uid-gone"}))
+    obs = observe(user=UserView(USER, {NAMESPACES_TAG: "*", CLAIM_TAG: f"{INSTALLATION}/uid-gone"}))
     assert kinds(policies.plan(spec(), obs, NOW)) == [TakeClaim]
 
 
@@ -255,11 +278,64 @@ def test_secret_is_created_when_missing() -> None:
 
 
 def test_secret_scheduled_for_deletion_is_restored_and_tagged() -> None:
-    untagged = {k: v for k, v in TAGS.items() if k != TAG_IAM_USER}
+    untagged = {k: v for k, v in TAGS.items() if k != TAG_CLUSTER}
     plan = policies.plan(spec(), observe(secret=secret(deleted=True, tags=untagged)), NOW)
     assert kinds(plan) == [AdoptSecret]
     action = plan.actions[0]
-    assert action.restore and action.add_tags == {TAG_IAM_USER: USER}  # type: ignore[attr-defined]
+    assert action.restore and action.add_tags == {TAG_CLUSTER: "c"}  # type: ignore[attr-defined]
+
+
+# --- Only own secrets: retained, handed over, under the namespace's path ------------------------
+
+
+def test_retained_secret_is_taken_back_and_rotation_turned_on_again() -> None:
+    retained = secret(tags={**TAGS, TAG_UID: "uid-of-the-deleted-object"}, rotation_enabled=False)
+    plan = policies.plan(spec(), observe(secret=retained, status={}), NOW)
+    assert kinds(plan) == [AdoptSecret]
+    assert plan.actions[0].add_tags == {TAG_UID: UID}  # type: ignore[attr-defined]
+    taken = replace(retained, tags=dict(TAGS))
+    plan = policies.plan(spec(), observe(secret=taken, status={}), NOW)
+    assert kinds(plan) == [ConfigureRotation]
+    assert not plan.actions[0].rotate_immediately  # type: ignore[attr-defined]
+
+
+def test_secret_handed_over_by_an_administrator_is_adopted() -> None:
+    handed = secret(tags={ADOPT_TAG: "team-a/app"}, rotation_enabled=False)
+    obs = observe(secret=handed, status={}, key=KeyView("v2", USER, "AKIA2"))
+    plan = policies.plan(spec(secretsManager={"secretName": "legacy/billing"}), obs, NOW)
+    assert kinds(plan) == [AdoptSecret]
+    assert plan.actions[0].add_tags == TAGS  # type: ignore[attr-defined]
+
+
+def test_secret_handed_over_with_another_users_key_is_refused_before_the_claim() -> None:
+    handed = secret(tags={ADOPT_TAG: "team-a/app"})
+    obs = observe(
+        secret=handed,
+        status={},
+        key=KeyView("v2", "someone-else", "AKIA2"),
+        user=UserView(USER, {NAMESPACES_TAG: "*"}),  # the claim is free: still nothing written
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert ready_reason(plan) == Reason.CONFLICT and plan.actions == []
+
+
+@pytest.mark.parametrize("name", ["keyrotor/c/team-b/app", "elsewhere/app", "keyrotor/c/team-ab"])
+def test_secret_name_outside_the_namespace_path_is_refused(name: str) -> None:
+    obs = observe(secret=None, status={})
+    plan = policies.plan(spec(secretsManager={"secretName": name}), obs, NOW)
+    assert ready_reason(plan) == Reason.NOT_AUTHORIZED and plan.actions == []
+    assert "keyrotor/c/team-a/" in plan.ready.message  # type: ignore[union-attr]
+
+
+def test_secret_name_under_the_namespace_path_is_created() -> None:
+    obs = observe(secret=None, status={})
+    plan = policies.plan(spec(secretsManager={"secretName": "keyrotor/c/team-a/x"}), obs, NOW)
+    assert kinds(plan) == [CreateSecret]
+
+
+def test_kms_key_not_allowed_is_refused() -> None:
+    plan = policies.plan(spec(secretsManager={"kmsKeyId": "arn:aws:kms:r:1:key/k"}), observe(), NOW)
+    assert ready_reason(plan) == "KmsKeyNotAllowed" and plan.actions == []
 
 
 # --- First key --------------------------------------------------------------------------------
@@ -447,6 +523,44 @@ def test_grace_period_keeps_the_previous_key_until_it_ends() -> None:
     assert plan.actions == [] and plan.index.previous_key_due == due
 
 
+def test_grace_period_makes_rotate_now_wait_and_says_until_when() -> None:
+    until = NOW + timedelta(hours=3)
+    obs = observe(status=_with_previous(until), rotate_now="r2")
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.actions == []
+    configured = next(c for c in plan.conditions if c.type == "RotationConfigured")
+    assert configured.status and configured.reason == Reason.GRACE_PERIOD
+    assert "2026-01-10T15:00:00Z" in configured.message
+    assert "keyrotor.io/end-grace-period=r2" in configured.message
+    assert [e.reason for e in plan.events] == [Reason.GRACE_PERIOD]
+    assert plan.recheck_after == pytest.approx(3 * 3600 + 1)
+    assert "rotateNowHandled" not in plan.facts
+
+
+def test_grace_period_ended_early_lets_rotate_now_through() -> None:
+    obs = observe(status=_with_previous(NOW + timedelta(hours=3)), rotate_now="r2")
+    obs = replace(obs, obj=replace(obs.obj, end_grace="r2"))
+    assert kinds(policies.plan(spec(), obs, NOW)) == [RequestRotation]
+    other = replace(obs, obj=replace(obs.obj, end_grace="r1"))  # another value: no
+    assert policies.plan(spec(), other, NOW).actions == []
+
+
+def test_grace_period_over_rotate_now_goes_and_the_previous_key_is_retired() -> None:
+    obs = observe(status=_with_previous(NOW - timedelta(seconds=1)), rotate_now="r2")
+    assert kinds(policies.plan(spec(), obs, NOW)) == [RequestRotation, RetirePreviousKey]
+
+
+def test_grace_period_of_a_kept_key_is_recorded() -> None:
+    obs = observe(
+        secret=secret(current_version="v3"),
+        key=KeyView("v3", USER, "AKIA3"),
+        status={"versionId": "v2", "accessKeyId": "AKIA2"},
+    )
+    plan = policies.plan(spec(previousKey={"action": "Keep", "after": "2h"}), obs, NOW)
+    assert plan.facts["previousKey"]["actionAfter"] == "2026-01-10T14:00:00Z"
+    assert plan.index.previous_key_due is None  # nothing to do then; rotations wait until then
+
+
 @pytest.mark.parametrize(("action", "state"), [("Deactivate", "Inactive"), ("Delete", "Deleted")])
 def test_previous_key_is_retired_after_the_grace_period(action: str, state: str) -> None:
     obs = observe(status=_with_previous(NOW - timedelta(seconds=1)))
@@ -497,6 +611,50 @@ def test_deletion_policy_delete_cancels_and_schedules() -> None:
     assert kinds(plan) == [CancelRotation, ScheduleDeletion]
 
 
+def test_deletion_policy_retain_cancels_rotation_and_keeps_the_secret() -> None:
+    plan = policies.deletion_plan(spec(), secret(), uid=UID)
+    assert kinds(plan) == [CancelRotation]
+    assert "takes it back" in plan.events[0].message
+
+
 def test_deletion_leaves_a_secret_that_is_not_ours() -> None:
     plan = policies.deletion_plan(spec(), secret(tags={TAG_UID: "uid-2"}), uid=UID)
     assert plan.actions == [] and plan.events == []
+
+
+def test_target_replaced_after_mirroring_is_a_sync_failure_and_never_overwritten() -> None:
+    obs = observe(
+        secret=secret(current_version="v3"),
+        target=TargetView(exists=True, owned=False),
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.ready is None and plan.actions == []
+    synced = next(c for c in plan.conditions if c.type == "Synced")
+    assert not synced.status and synced.reason == Reason.SYNC_FAILED
+
+
+# --- Dead keys ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("verdict", "what"), [("gone", "deleted"), ("inactive", "deactivated")])
+def test_dead_key_is_reported_and_a_rotation_replaces_it(verdict: str, what: str) -> None:
+    plan = policies.plan(spec(), observe(dead_key=verdict, status=_with_previous(NOW)), NOW)
+    assert kinds(plan) == [RequestRotation]
+    heal = plan.actions[0]
+    assert heal.token == deterministic_token("heal", UID, "AKIA2")  # type: ignore[attr-defined]
+    synced = next(c for c in plan.conditions if c.type == "Synced")
+    assert not synced.status and synced.reason == Reason.DEAD_KEY and what in synced.message
+    # Requested once: the same dead key is not rotated again.
+    again = observe(dead_key=verdict, secret=secret(versions=["v2", heal.token]))  # type: ignore[attr-defined]
+    assert policies.plan(spec(), again, NOW).actions == []
+
+
+def test_dead_key_replaced_leaves_no_grace_period_behind() -> None:
+    obs = observe(
+        dead_key="gone",
+        secret=secret(current_version="v3"),
+        key=KeyView("v3", USER, "AKIA3"),
+    )
+    plan = policies.plan(spec(), obs, NOW)
+    assert plan.facts["previousKey"] == {"accessKeyId": "AKIA2", "state": "Deleted"}
+    assert plan.facts["accessKeyId"] == "AKIA3"

@@ -27,7 +27,9 @@ reference (https://docs.aws.amazon.com/IAM/latest/APIReference/API_GetCredential
 Getting a report never sleeps: :func:`fetch_report` returns None while one is being generated
 ("not ready, ask again later"). Calls: one ``GetCredentialReport`` per check, plus one
 ``GenerateCredentialReport`` (and the next check's Get) when the report is missing or older than
-``max_age``, whatever the number of users or objects.
+``max_age``, whatever the number of users or objects (a ``max_age`` under AWS's four hours only
+adds a Generate per check that answers COMPLETE). :func:`key_created` reads a key's CreateDate
+(one ``ListAccessKeys``), to be kept from the time the key is mirrored.
 """
 
 from __future__ import annotations
@@ -193,13 +195,17 @@ def fetch_report(
     if to_second(now) - report.generated <= max_age:
         return report
     # Too old: AWS starts a new one (None: not ready yet) or, within its four hours, keeps it.
-    return _generate_then_get(iam)
+    return _generate_then_get(iam, existing=report)
 
 
-def _generate_then_get(iam: IAMClient) -> CredentialReport | None:
+def _generate_then_get(
+    iam: IAMClient, existing: CredentialReport | None = None
+) -> CredentialReport | None:
     state = iam.generate_credential_report().get("State")
     if state != "COMPLETE":
         return None  # STARTED or INPROGRESS: the next check gets it
+    if existing is not None:
+        return existing  # not generated again: the report in hand is the current one
     try:
         response = iam.get_credential_report()
     except Exception as exc:
@@ -207,6 +213,22 @@ def _generate_then_get(iam: IAMClient) -> CredentialReport | None:
             return None
         raise
     return parse_report(response["Content"], response["GeneratedTime"])
+
+
+def key_created(iam: IAMClient, user: str, access_key_id: str) -> datetime | None:
+    """The key's CreateDate (how the report knows it), or None when the user or key is gone.
+
+    One ListAccessKeys: call it once per new key (when it is mirrored) and keep the answer,
+    not at every check.
+    """
+    try:
+        keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+    except Exception as exc:
+        if error_code(exc) == "NoSuchEntity":
+            return None
+        raise
+    created = next((k["CreateDate"] for k in keys if k["AccessKeyId"] == access_key_id), None)
+    return to_second(created) if created is not None else None
 
 
 def key_state(report: CredentialReport, user: str, key_created: datetime) -> KeyState:

@@ -330,6 +330,9 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
         # Reading any user under the path lets the operator say why an object is refused
         # (no such user, not marked for this namespace); it reveals no secret.
         _statement("ReadUsers", ["iam:GetUser", "iam:ListUserTags"], p.users_arn),
+        # A mirrored key's CreateDate is how the credential report knows it (it has no key ids):
+        # read once per new key (keyrotor.aws.credential_report.key_created).
+        *_user_statements(p, "ReadKeyDatesOfMarkedUsersOnly", ["iam:ListAccessKeys"], {}),
         *_user_statements(
             p,
             "HandlePreviousKeysOfMarkedUsersOnly",

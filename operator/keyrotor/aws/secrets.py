@@ -109,7 +109,7 @@ def adopt_secret(
     kms_key_id: str | None,
 ) -> None:
     """Make a secret the planner found to be this object's carry its tags; restore it when it
-    was scheduled for deletion; use the spec's KMS key."""
+    was scheduled for deletion; use the spec's KMS key (given only when it differs)."""
     if restore:
         sm.restore_secret(SecretId=secret_id)
     if add_tags:

@@ -34,3 +34,10 @@ def patch_status(
     except Exception as exc:
         if not is_status(exc, 404):
             raise
+
+
+@kube_errors
+def kube_system_uid(kube: KubeApis) -> str:
+    """The kube-system namespace's uid: unique per cluster, stable for the cluster's life."""
+    listed = kube.core.list_namespace(field_selector="metadata.name=kube-system").items
+    return str(listed[0].metadata.uid) if listed else ""
