@@ -593,3 +593,10 @@ def test_readme_install_section_uses_keyrotor_policy() -> None:
     for document in (policies.OPERATOR, policies.BOUNDARY, policies.LAMBDA_ROLE):
         assert f"--document {document}" in install
     assert "deploy/examples/iam" in install
+
+
+def test_the_operator_may_write_every_tag_it_puts_on_its_secrets() -> None:
+    from keyrotor.model import MANAGED_BY_LABEL
+    from keyrotor.refusals import KEYROTOR_TAGS
+
+    assert {*KEYROTOR_TAGS, MANAGED_BY_LABEL} <= set(policies.SECRET_TAG_KEYS)

@@ -49,6 +49,7 @@ from keyrotor.model import (
     NAMESPACES_TAG,
     TAG_CLUSTER,
     TAG_IAM_USER,
+    TAG_INSTALLATION,
     TAG_NAME,
     TAG_NAMESPACE,
     TAG_UID,
@@ -79,6 +80,7 @@ DOCUMENT_NAMES: Final = (
 # the function it creates, and (claims) on IAM users.
 SECRET_TAG_KEYS: Final = (
     TAG_CLUSTER,
+    TAG_INSTALLATION,
     TAG_NAMESPACE,
     TAG_NAME,
     TAG_UID,
