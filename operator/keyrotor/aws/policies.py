@@ -330,11 +330,13 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
             StringEquals={"iam:PassedToService": "lambda.amazonaws.com"},
         ),
         # Reading any user under the path lets the operator say why an object is refused
-        # (no such user, not marked for this namespace); it reveals no secret.
-        _statement("ReadUsers", ["iam:GetUser", "iam:ListUserTags"], p.users_arn),
-        # A mirrored key's CreateDate is how the credential report knows it (it has no key ids):
-        # read once per new key (keyrotor.aws.credential_report.key_created).
-        *_user_statements(p, "ReadKeyDatesOfMarkedUsersOnly", ["iam:ListAccessKeys"], {}),
+        # (no such user, not marked for this namespace); it reveals no secret. ListAccessKeys
+        # (key ids, states, dates): a mirrored key's CreateDate is how the credential report
+        # knows it (keyrotor.aws.credential_report.key_created). Not conditioned on the tag: a
+        # user deleted meanwhile has no tags, and must answer NoSuchEntity, not AccessDenied.
+        _statement(
+            "ReadUsers", ["iam:GetUser", "iam:ListUserTags", "iam:ListAccessKeys"], p.users_arn
+        ),
         *_user_statements(
             p,
             "HandlePreviousKeysOfMarkedUsersOnly",
