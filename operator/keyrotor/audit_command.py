@@ -9,6 +9,7 @@ boto3's chain, as for ``keyrotor run``; the caller needs ``iam:GenerateCredentia
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -77,7 +78,11 @@ def add_parser(commands: Any) -> None:
         metavar="HOURS",
         help="use an existing report up to this old, else generate one (default 4, as AWS)",
     )
-    parser.add_argument("--region", default=None, help="AWS region (default: boto3's chain)")
+    parser.add_argument(
+        "--region",
+        default=os.environ.get("KEYROTOR_REGION"),
+        help="the region of keyrotor's secrets (KEYROTOR_REGION; default: boto3's chain)",
+    )
 
 
 def wait_for_report(clients: AwsClients, *, wait: float, max_age: timedelta) -> CredentialReport:

@@ -26,12 +26,8 @@ def _env_list(name: str) -> list[str]:
     return [part for part in (value or "").replace(",", " ").split() if part]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keyrotor", description="Rotate AWS IAM access keys and mirror them into Kubernetes."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the operator (each flag also as KEYROTOR_*)")
+def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: what it watches and how often it looks."""
     run.add_argument(
         "--namespace",
         action="append",
@@ -73,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("INSTALLATION_RECHECK", "900"),
         help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
     )
+
+
+def _add_run_aws_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: the rotation role, who may claim which user, KMS keys."""
     run.add_argument(
         "--lambda-role-arn",
         default=_env("LAMBDA_ROLE_ARN"),
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a customer managed KMS key objects may use in spec.secretsManager.kmsKeyId "
         "(repeatable; any other key is refused on the object)",
     )
+
+
+def _add_run_endpoint_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: metrics, health and logs."""
     # argparse converts string defaults with `type`, so a bad variable is a usage error too.
     run.add_argument(
         "--metrics-port",
@@ -113,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
     run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
+
+
+def _add_run_leader_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: leader election, when several replicas run."""
     run.add_argument(
         "--leader-elect",
         action=argparse.BooleanOptionalAction,
@@ -145,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LEADER_ELECTION_RETRY_PERIOD", "2s"),
         help="time between renewals and between takeover attempts",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyrotor", description="Rotate AWS IAM access keys and mirror them into Kubernetes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator (each flag also as KEYROTOR_*)")
+    for add in (
+        _add_run_loop_flags,
+        _add_run_aws_flags,
+        _add_run_endpoint_flags,
+        _add_run_leader_flags,
+    ):
+        add(run)
     commands.add_parser("demo", help="run the whole rotation loop on emulated AWS and Kubernetes")
     policy_command.add_parser(commands)
     audit_command.add_parser(commands)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from keyrotor import errors, metrics
-from keyrotor.aws import iam, secrets
+from keyrotor.aws import credential_report, iam, secrets
 from keyrotor.aws.secrets import CurrentKey
 from keyrotor.k8s import secrets as target_secrets
 from keyrotor.k8s import workloads
@@ -47,6 +48,7 @@ class Done:
     facts: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     failed: Action | None = None  # the action that stopped the rest
+    key_created: tuple[str, datetime] | None = None  # the mirrored key and its CreateDate
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,14 @@ class Context:
     rt: Runtime
     obj: ObjectView
     key: CurrentKey | None  # the AWSCURRENT value, when the plan mirrors it
+    done: Done
 
 
 def execute(
     rt: Runtime, obj: ObjectView, actions: Sequence[Action], key: CurrentKey | None, done: Done
 ) -> None:
     """Run the actions in order; the first failure propagates (the rest waits for next time)."""
-    context = Context(rt, obj, key)
+    context = Context(rt, obj, key, done)
     for action in actions:
         done.failed = action
         earned = _RUNNERS[type(action)](context, action)
@@ -158,6 +161,9 @@ def _mirror_key(c: Context, a: Any) -> Event | None:
     key = c.key
     if key is None or key.version_id != a.version_id:
         raise errors.ConflictError(f"AWSCURRENT moved while version {a.version_id} was mirrored")
+    # The key's CreateDate, for the dead-key check (one ListAccessKeys per mirrored key).
+    created = credential_report.key_created(c.rt.aws.iam, a.iam_user, key.access_key_id)
+    c.done.key_created = (key.access_key_id, created) if created else None
     target_secrets.mirror_secret(
         c.rt.kube,
         namespace=c.obj.namespace,
@@ -171,6 +177,7 @@ def _mirror_key(c: Context, a: Any) -> Event | None:
         profile=a.profile,
         labels=a.labels,
         annotations=a.annotations,
+        key_created=created,
     )
     metrics.SYNCS.labels(cause=a.cause).inc()
     return None

@@ -94,6 +94,9 @@ class ObjectIndex:
             focus_until = entry.focus_until
             if update.focus:
                 focus_until = max(focus_until or now, now + FOCUS_AFTER_REQUEST)
+            key_created = entry.key_created
+            if update.access_key_id and update.key_created:  # from the Secret's annotation
+                key_created = (update.access_key_id, update.key_created)
             return self._put(
                 replace(
                     entry,
@@ -102,6 +105,7 @@ class ObjectIndex:
                     reported_last_rotation=reported_last_rotation,
                     next_check=now + timedelta(seconds=recheck_after) if recheck_after else None,
                     failures=0,
+                    key_created=key_created,
                 )
             )
 

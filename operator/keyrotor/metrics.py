@@ -32,8 +32,8 @@ ROTATIONS_REQUESTED = Counter(
 ROTATIONS = Counter(
     "keyrotor_rotations_total",
     "Rotations by outcome: started (requested by keyrotor), succeeded (a new AWSCURRENT version "
-    "mirrored, also of rotations Secrets Manager started on schedule), failed (a rotation that "
-    "did not finish and was cleared)",
+    "mirrored, the first key included, also of rotations Secrets Manager started on schedule), "
+    "failed (a rotation that did not finish and was cleared, or that Secrets Manager refused)",
     ["outcome"],
 )
 SYNCS = Counter("keyrotor_secret_syncs_total", "Writes of a mirrored Kubernetes Secret", ["cause"])
@@ -147,9 +147,10 @@ class ObjectStatuses:
         with self._lock:
             old = self._objects.get((namespace, name))
             self._objects[(namespace, name)] = record
+        # A new AWSCURRENT version mirrored (the first key too) while this process watched.
         before = ((old or {}).get("status") or {}).get("versionId")
         after = status.get("versionId")
-        if before and after and before != after:
+        if old is not None and after and before != after:
             ROTATIONS.labels(outcome="succeeded").inc()
 
     def gone(self, namespace: str, name: str) -> None:

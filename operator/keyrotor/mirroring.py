@@ -206,6 +206,7 @@ def mirror_new_version(spec: Spec, obs: Observation, key: KeyView, now: datetime
         sync.actions.append(
             MirrorKey(
                 version_id=key.version_id,
+                iam_user=spec.iam_user,
                 secret_name=name,
                 profile=spec.profile,
                 labels=spec.target_labels,

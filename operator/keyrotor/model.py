@@ -25,6 +25,9 @@ ROTATE_NOW_ANNOTATION = "keyrotor.io/rotate-now"
 END_GRACE_ANNOTATION = "keyrotor.io/end-grace-period"
 VERSION_ID_ANNOTATION = "keyrotor.io/version-id"
 ACCESS_KEY_ID_ANNOTATION = "keyrotor.io/access-key-id"
+# The mirrored key's CreateDate (how IAM's credential report knows a key): kept on the Secret so
+# that the dead-key check needs no call per object after a restart.
+ACCESS_KEY_CREATED_ANNOTATION = "keyrotor.io/access-key-created"
 DATA_HASH_ANNOTATION = "keyrotor.io/data-hash"
 RESTARTED_FOR_ANNOTATION = "keyrotor.io/restarted-for-version"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -50,11 +53,27 @@ DEFAULT_PREVIOUS_KEY_ACTION = "Deactivate"
 DEFAULT_PREVIOUS_KEY_AFTER = "24h"
 
 IAM_USER_RE = re.compile(r"^[\w+=,.@-]{1,64}$", re.ASCII)
-SCHEDULE_RE = re.compile(r"^(rate\(\d+ (hour|hours|day|days)\)|cron\([^()]+\))$")
+# Secrets Manager's schedule expressions (secretsmanager/latest/userguide/rotate-secrets_schedule
+# .html): rate(N hour|hours|day|days), at least every four hours; cron(Minutes Hours Day-of-month
+# Month Day-of-week Year) with minutes 0, year *, and ? in exactly one of the two day fields. The
+# CRD holds the same rules in CEL; tests/integration/test_crd.py runs both on the same rows.
+RATE_RE = re.compile(r"^rate\(([0-9]+) (hour|hours|day|days)\)$", re.ASCII)
+CRON_RE = re.compile(
+    r"^cron\(0 [0-9,*/-]+ ([0-9,*?/LW-]+) [0-9A-Za-z,*/-]+ ([0-9A-Za-z#,*?/L-]+) \*\)$", re.ASCII
+)
+# Label and annotation keys: an optional DNS-subdomain prefix (at most 253 characters) and '/',
+# then a name of at most 63 characters; label values at most 63 characters (empty allowed).
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_QUALIFIED_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+QUALIFIED_KEY_RE = re.compile(rf"^({_DNS_SUBDOMAIN}/)?{_QUALIFIED_NAME}$", re.ASCII)
+LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$", re.ASCII)
+MAX_PREFIX_LENGTH = 253
+MAX_TARGET_ENTRIES = 64  # labels, and annotations: a bound the CRD needs for its CEL cost
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_INTERVAL = timedelta(hours=4)
 MAX_INTERVAL = timedelta(days=1000)
+MAX_DURATION_SECONDS = int(MAX_INTERVAL.total_seconds())  # no duration in the spec is longer
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 PREVIOUS_KEY_ACTIONS = ("Keep", "Deactivate", "Delete")
 DELETION_POLICIES = ("Retain", "Delete")
@@ -105,7 +124,10 @@ def parse_duration(text: str, units: str = "hd") -> timedelta:
     if not match or match.group(2) not in units:
         allowed = ", ".join(f"N{u}" for u in units)
         raise ValueError(f"{text!r} is not a duration ({allowed})")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    # Anything longer than 1000d is out of every range the spec allows: cap it (callers refuse
+    # it) rather than overflow timedelta.
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return timedelta(seconds=min(seconds, MAX_DURATION_SECONDS + 1))
 
 
 def schedule_expression(interval: str) -> str:
@@ -189,25 +211,70 @@ def _str_map(value: Any, path: str) -> dict[str, str]:
     return result
 
 
-def parse_spec(
-    spec: Mapping[str, Any], *, name: str, namespace: str, default_secret_name: str
-) -> Spec:
-    """Validate and default a raw spec. Raises SpecError naming the field."""
-    iam_user = spec.get("iamUser")
-    if not isinstance(iam_user, str) or not IAM_USER_RE.match(iam_user):
-        raise SpecError(f"spec.iamUser {iam_user!r}: must match {IAM_USER_RE.pattern}")
+def parse_schedule(expression: str) -> timedelta | None:
+    """Check a schedule expression by Secrets Manager's rules; return a rate's interval (None for
+    a cron expression, whose frequency is left to Secrets Manager). Raises SpecError naming
+    spec.rotation.schedule."""
+    field_ = f"spec.rotation.schedule {expression!r}"
+    rate = RATE_RE.match(expression)
+    if rate is not None:
+        hours = int(rate.group(1)) * (1 if rate.group(2).startswith("hour") else 24)
+        if not MIN_INTERVAL <= timedelta(hours=min(hours, 10**6)) <= MAX_INTERVAL:
+            raise SpecError(f"{field_}: a rate must be between 4 hours and 1000 days")
+        return timedelta(hours=hours)
+    if expression.startswith("rate("):
+        raise SpecError(
+            f"{field_}: expected rate(N hours) or rate(N days), for example rate(30 days)"
+        )
+    cron = CRON_RE.match(expression)
+    if cron is None:
+        if expression.startswith("cron("):
+            raise SpecError(
+                f"{field_}: expected AWS's six fields, cron(0 Hours Day-of-month Month "
+                "Day-of-week *), minutes 0 and year *, for example cron(0 4 1 * ? *)"
+            )
+        raise SpecError(f"{field_}: expected rate(N hours|days) or cron(...)")
+    if (cron.group(1) == "?") == (cron.group(2) == "?"):
+        raise SpecError(f"{field_}: use ? in exactly one of Day-of-month and Day-of-week")
+    return None
 
-    rotation = _mapping(spec.get("rotation"), "spec.rotation")
+
+def _metadata_map(value: Any, path: str, *, labels: bool) -> dict[str, str]:
+    """Label or annotation keys (and label values) by Kubernetes' rules, as the CRD checks them."""
+    result = _str_map(value, path)
+    if len(result) > MAX_TARGET_ENTRIES:
+        raise SpecError(f"{path}: at most {MAX_TARGET_ENTRIES} entries")
+    for key, item in result.items():
+        prefix, slash, _ = key.rpartition("/")
+        if not QUALIFIED_KEY_RE.match(key) or (slash and len(prefix) > MAX_PREFIX_LENGTH):
+            raise SpecError(
+                f"{path}: key {key!r} is not a valid {'label' if labels else 'annotation'} key: "
+                "an optional DNS subdomain prefix (at most 253 characters) and '/', then a name "
+                "of 1 to 63 letters, digits, '-', '_' or '.' that starts and ends with a letter "
+                "or digit"
+            )
+        if labels and not LABEL_VALUE_RE.match(item):
+            raise SpecError(
+                f"{path}.{key}: {item!r} is not a valid label value: at most 63 letters, digits, "
+                "'-', '_' or '.', starting and ending with a letter or digit (or empty)"
+            )
+    return result
+
+
+def _parse_rotation(value: Any) -> tuple[str, str | None, str | None, timedelta | None]:
+    """spec.rotation: (schedule expression, interval, window, the interval's length or None for a
+    cron schedule)."""
+    rotation = _mapping(value, "spec.rotation")
     interval = rotation.get("interval") or None
     schedule = rotation.get("schedule") or None
     if interval and schedule:
         raise SpecError("spec.rotation: set either interval or schedule, not both")
+    length: timedelta | None = None
     if schedule is not None:
-        if not isinstance(schedule, str) or not SCHEDULE_RE.match(schedule.strip()):
-            raise SpecError(
-                f"spec.rotation.schedule {schedule!r}: expected rate(N hours|days) or cron(...)"
-            )
-        expression = schedule.strip()
+        if not isinstance(schedule, str):
+            raise SpecError("spec.rotation.schedule: expected a string")
+        expression = schedule
+        length = parse_schedule(expression)  # raises SpecError
     else:
         interval = interval or DEFAULT_INTERVAL
         try:
@@ -223,6 +290,42 @@ def parse_spec(
             parse_duration(window, units="h")
         except ValueError as exc:
             raise SpecError(f"spec.rotation.window: {exc}") from None
+    return expression, interval, window, length
+
+
+def _parse_previous_key(value: Any, length: timedelta | None) -> tuple[str, timedelta]:
+    """spec.previousKey: (action, grace period). The grace period must end before the next
+    rotation (``length`` away, when known), which may remove the previous key."""
+    previous = _mapping(value, "spec.previousKey")
+    action = previous.get("action") or DEFAULT_PREVIOUS_KEY_ACTION
+    if action not in PREVIOUS_KEY_ACTIONS:
+        raise SpecError(f"spec.previousKey.action {action!r}: Keep, Deactivate or Delete")
+    after_text = previous.get("after") or DEFAULT_PREVIOUS_KEY_AFTER
+    try:
+        after = parse_duration(after_text, units="smhd")
+    except ValueError as exc:
+        raise SpecError(f"spec.previousKey.after: {exc}") from None
+    if after > MAX_INTERVAL:
+        raise SpecError(f"spec.previousKey.after {after_text!r}: must be at most 1000d")
+    if length is not None and after >= length:
+        given = "" if previous.get("after") else ", the default"
+        raise SpecError(
+            f"spec.previousKey.after {after_text!r}{given}: must be shorter than the rotation "
+            f"interval ({_format_timedelta(length)}), or the next rotation would remove the "
+            "previous key while workloads may still use it; set a shorter previousKey.after"
+        )
+    return action, after
+
+
+def parse_spec(
+    spec: Mapping[str, Any], *, name: str, namespace: str, default_secret_name: str
+) -> Spec:
+    """Validate and default a raw spec. Raises SpecError naming the field."""
+    iam_user = spec.get("iamUser")
+    if not isinstance(iam_user, str) or not IAM_USER_RE.match(iam_user):
+        raise SpecError(f"spec.iamUser {iam_user!r}: must match {IAM_USER_RE.pattern}")
+
+    expression, interval, window, length = _parse_rotation(spec.get("rotation"))
 
     sm = _mapping(spec.get("secretsManager"), "spec.secretsManager")
     deletion_policy = sm.get("deletionPolicy") or "Retain"
@@ -246,14 +349,7 @@ def parse_spec(
             )
         restarts.append(WorkloadRef(kind=ref["kind"], name=ref["name"]))
 
-    previous = _mapping(spec.get("previousKey"), "spec.previousKey")
-    action = previous.get("action") or DEFAULT_PREVIOUS_KEY_ACTION
-    if action not in PREVIOUS_KEY_ACTIONS:
-        raise SpecError(f"spec.previousKey.action {action!r}: Keep, Deactivate or Delete")
-    try:
-        after = parse_duration(previous.get("after") or DEFAULT_PREVIOUS_KEY_AFTER, units="smhd")
-    except ValueError as exc:
-        raise SpecError(f"spec.previousKey.after: {exc}") from None
+    action, after = _parse_previous_key(spec.get("previousKey"), length)
 
     return Spec(
         iam_user=iam_user,
@@ -266,8 +362,10 @@ def parse_spec(
         recovery_window_days=recovery,
         target_secret_name=target.get("secretName") or name,
         profile=target.get("profile") or DEFAULT_PROFILE,
-        target_labels=_str_map(target.get("labels"), "spec.target.labels"),
-        target_annotations=_str_map(target.get("annotations"), "spec.target.annotations"),
+        target_labels=_metadata_map(target.get("labels"), "spec.target.labels", labels=True),
+        target_annotations=_metadata_map(
+            target.get("annotations"), "spec.target.annotations", labels=False
+        ),
         restart_on_rotation=tuple(restarts),
         previous_key_action=action,
         previous_key_after=after,

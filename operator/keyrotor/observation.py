@@ -94,6 +94,8 @@ class TargetView:
     version_id: str | None = None  # keyrotor.io/version-id
     intact: bool = False  # its data matches its keyrotor.io/data-hash
     matches_spec: bool = False  # profile, labels, annotations as spec.target says
+    access_key_id: str | None = None  # keyrotor.io/access-key-id
+    key_created: datetime | None = None  # keyrotor.io/access-key-created: that key's CreateDate
 
 
 @dataclass(frozen=True)

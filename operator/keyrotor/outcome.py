@@ -110,6 +110,7 @@ class MirrorKey(Action):
     """Write the AWSCURRENT key (read by the gather step, kept out of the plan) to the target."""
 
     version_id: str
+    iam_user: str
     secret_name: str
     profile: str
     labels: Mapping[str, str]
@@ -150,6 +151,7 @@ class IndexUpdate:
     secret_arn: str | None = None
     mirrored_version: str | None = None
     access_key_id: str | None = None  # the mirrored key (the dead-key check looks it up)
+    key_created: datetime | None = None  # its CreateDate, when the target Secret says it
     next_rotation: datetime | None = None
     window: timedelta = timedelta(hours=1)
     previous_key_due: datetime | None = None

@@ -254,12 +254,16 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
     result.conditions.append(sync.condition)
     result.facts.update(sync.facts)
     result.events.extend(sync.events)
+    key_id = result.facts.get("accessKeyId") or obs.obj.status.get("accessKeyId")
     result.index = IndexUpdate(
         active=True,
         iam_user=spec.iam_user,
         secret_arn=secret.arn,
         mirrored_version=sync.mirrored_version,
-        access_key_id=result.facts.get("accessKeyId") or obs.obj.status.get("accessKeyId"),
+        access_key_id=key_id,
+        key_created=obs.target.key_created
+        if obs.target is not None and obs.target.access_key_id == key_id
+        else None,
         next_rotation=secret.next_rotation,
         window=parse_duration(spec.window, "h") if spec.window else IndexUpdate.window,
         previous_key_due=sync.previous_key_due,

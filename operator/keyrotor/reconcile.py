@@ -307,3 +307,5 @@ def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:
         recheck_after=plan.recheck_after,
         reported_last_rotation=written.get("lastRotationTime"),
     )
+    if done.key_created is not None:  # a key just mirrored: alive, and its CreateDate known
+        rt.index.note_key(obj.namespace, obj.name, obj.uid, created=done.key_created, verdict=None)

@@ -14,13 +14,34 @@ Which credentials manage the user's keys:
 * default: the Lambda's own execution role (boto3's default credential chain);
 * classic layout: ``masterarn`` names a secret whose ``accesskey``/``secretkey`` are used for IAM;
   it may be this very secret (the user rotating itself), in which case its AWSCURRENT keys are used.
+  Any other master secret must belong to the same installation: it carries the tag
+  ``keyrotor.io/cluster`` with the same value as the rotated secret (tags the operator sets; this
+  function's role cannot change tags); otherwise the step fails and the master's value is never
+  read.
 
 Safety rules, whatever step is retried and however often:
 
+* before anything else (any IAM call, any write, any other secret read), createSecret and
+  testSecret check that the secret's tag ``keyrotor.io/iam-user`` (written by the operator) names
+  the user in the JSON ``username``; a secret without the tag, or with another user in its JSON,
+  is refused: writing a secret value is not enough to have keys minted for another user.
+  finishSecret only moves labels onto a version testSecret has vouched for;
 * the key of the AWSCURRENT version is never deleted or deactivated;
-* createSecret is idempotent per ClientRequestToken: a key left behind by an earlier failed attempt
-  of the same token is recognised (created at or after the pending version) and deleted before a
-  new one is made, so the user never holds an orphan and never hits the two-key limit because of us;
+* createSecret is idempotent per ClientRequestToken: a pending version that already holds a value
+  is left as it is, and a key left behind by an earlier failed attempt of the same token is
+  recognised (not current, created at or after the pending version) and deleted before a new one
+  is made, so the user never holds an orphan and never hits the two-key limit because of us;
+* at IAM's two-key limit createSecret removes only a key that cannot be in use: an inactive key,
+  or this secret's own previous key (the one its AWSPREVIOUS version holds), or a key this secret
+  made in an earlier rotation that stopped before finishSecret (held by a label-less version no
+  older than AWSCURRENT's: it was never current, so never mirrored). Any other Active key
+  (another secret's, a hand-made one) makes the step fail with :class:`KeyInUseError` naming the
+  key id; nothing is deleted, and the rotation stops until someone deactivates or deletes it;
+* a lost PutSecretValue response is told apart from a failed write by reading the pending version
+  back: a stored key is kept (the step is done), an unstored one is deleted at once (or by the
+  retry's orphan sweep when that cannot be known); a failed CreateAccessKey (whose key may exist
+  although its answer was lost) is followed by the same orphan sweep at once, so that the last
+  attempt leaves no key that a later rotation could not tell from a key in use;
 * testSecret proves the pending key authenticates as the user (sts:GetCallerIdentity), with bounded
   exponential backoff while a new key propagates through IAM;
 * finishSecret moves AWSCURRENT to the new version and leaves no AWSPENDING behind.
@@ -56,6 +77,11 @@ logger.setLevel(logging.INFO)
 
 AWSCURRENT = "AWSCURRENT"
 AWSPENDING = "AWSPENDING"
+AWSPREVIOUS = "AWSPREVIOUS"
+# The operator's tags on the secret (keyrotor.model.TAG_IAM_USER / TAG_CLUSTER; kept equal by a
+# unit test, since this module imports nothing of the operator's).
+TAG_IAM_USER = "keyrotor.io/iam-user"
+TAG_CLUSTER = "keyrotor.io/cluster"
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 # Codes IAM/STS answer while a fresh key has not propagated yet (not AuthFailure, that is EC2).
 _PROPAGATION_ERRORS = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch"})
@@ -66,6 +92,17 @@ class RotationError(ValueError):
 
     The message names the secret ARN, the version, the user and public key ids, never a secret.
     """
+
+
+class KeyInUseError(RotationError):
+    """The user is at the two-key limit and the key that would have to go may be in use.
+
+    The message starts with :data:`KEY_IN_USE_PREFIX` and names the Active key id(s) to deactivate
+    or delete; the operator recognises the failure by the class name and that prefix.
+    """
+
+
+KEY_IN_USE_PREFIX = "refusing to delete access key"
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> None:
@@ -93,6 +130,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> None:
     user = current.get("username")
     if not isinstance(user, str) or not user:
         raise RotationError(f"secret {arn} (AWSCURRENT) has no 'username'")
+    _check_user_tag(metadata, user)
     if step == "createSecret":
         _create_secret(sm, arn, token, metadata, current, user)
     elif step == "setSecret":
@@ -126,6 +164,25 @@ def _read_json(sm: SecretsManagerClient, secret_id: str, **version: str) -> dict
     return value
 
 
+def _tags(metadata: Mapping[str, Any]) -> dict[str, str]:
+    return {str(t.get("Key")): str(t.get("Value")) for t in metadata.get("Tags") or []}
+
+
+def _check_user_tag(metadata: Mapping[str, Any], user: str) -> None:
+    """The JSON ``username`` is the user the operator tagged the secret for, or nothing happens."""
+    tagged = _tags(metadata).get(TAG_IAM_USER)
+    if tagged is None:
+        raise RotationError(
+            f"secret {metadata['ARN']} has no tag {TAG_IAM_USER}; refusing to manage keys of "
+            f"IAM user {user} for it (keyrotor tags the secrets it manages)"
+        )
+    if tagged != user:
+        raise RotationError(
+            f"secret {metadata['ARN']} is tagged {TAG_IAM_USER}={tagged} but its value names IAM "
+            f"user {user}; refusing to manage keys of a user the secret was not made for"
+        )
+
+
 def _same_secret(ref: str, metadata: Mapping[str, Any]) -> bool:
     arn, name = str(metadata["ARN"]), str(metadata["Name"])
     return ref in (arn, name) or arn.startswith(ref + "-")  # a partial ARN (no random suffix)
@@ -139,15 +196,36 @@ def _iam_client(
         return boto3.client("iam")  # the Lambda's own role
     if not isinstance(master, str):
         raise RotationError(f"secret {metadata['ARN']} has a 'masterarn' that is not a string")
-    creds = (
-        current
-        if _same_secret(master, metadata)
-        else _read_json(sm, master, VersionStage=AWSCURRENT)
-    )
+    if _same_secret(master, metadata):
+        creds = current
+    else:
+        _check_same_installation(sm, master, metadata)
+        creds = _read_json(sm, master, VersionStage=AWSCURRENT)
     access, secret = creds.get("accesskey"), creds.get("secretkey")
     if not isinstance(access, str) or not access or not isinstance(secret, str) or not secret:
         raise RotationError(f"master secret {master} holds no accesskey/secretkey")
     return boto3.client("iam", aws_access_key_id=access, aws_secret_access_key=secret)
+
+
+def _check_same_installation(
+    sm: SecretsManagerClient, master: str, metadata: Mapping[str, Any]
+) -> None:
+    """A master secret other than this one must carry this secret's installation tag."""
+    arn = metadata["ARN"]
+    cluster = _tags(metadata).get(TAG_CLUSTER)
+    try:
+        master_metadata = sm.describe_secret(SecretId=master)
+    except ClientError as error:
+        if _code(error) == "ResourceNotFoundException":
+            raise RotationError(f"master secret {master} of secret {arn} does not exist") from None
+        raise
+    master_cluster = _tags(master_metadata).get(TAG_CLUSTER)
+    if not cluster or master_cluster != cluster:
+        raise RotationError(
+            f"master secret {master_metadata['ARN']} of secret {arn} is not a secret of the same "
+            f"keyrotor installation ({TAG_CLUSTER} is {master_cluster!r}, expected {cluster!r}); "
+            "refusing to use its credentials"
+        )
 
 
 def _list_keys(iam: IAMClient, user: str, arn: str) -> list[dict[str, Any]]:
@@ -159,7 +237,9 @@ def _list_keys(iam: IAMClient, user: str, arn: str) -> list[dict[str, Any]]:
         raise
 
 
-def _version_created(sm: SecretsManagerClient, arn: str, token: str) -> datetime:
+def _versions(sm: SecretsManagerClient, arn: str) -> list[dict[str, Any]]:
+    """Every version of the secret, deprecated (label-less) ones included."""
+    versions: list[dict[str, Any]] = []
     next_token = ""
     while True:
         page = (
@@ -167,12 +247,18 @@ def _version_created(sm: SecretsManagerClient, arn: str, token: str) -> datetime
             if next_token
             else sm.list_secret_version_ids(SecretId=arn, IncludeDeprecated=True)
         )
-        for version in page["Versions"]:
-            if version.get("VersionId") == token and "CreatedDate" in version:
-                return version["CreatedDate"]
+        versions.extend(dict(v) for v in page["Versions"])
         if not page.get("NextToken"):
-            raise RotationError(f"version {token} of secret {arn} is not listed")
+            return versions
         next_token = page["NextToken"]
+
+
+def _created(versions: list[dict[str, Any]], version_id: str) -> int | None:
+    """A version's creation time in whole seconds, None when it is not listed."""
+    for version in versions:
+        if version.get("VersionId") == version_id and "CreatedDate" in version:
+            return _seconds(version["CreatedDate"])
+    return None
 
 
 def _seconds(moment: datetime) -> int:
@@ -197,13 +283,53 @@ def _create_secret(
 
     iam = _iam_client(sm, metadata, current)
     current_key = current.get("accesskey") or None
-    pending_since = _seconds(_version_created(sm, arn, token))
-    keys = _list_keys(iam, user, arn)
+    versions = _versions(sm, arn)
+    pending_since = _created(versions, token)
+    if pending_since is None:
+        raise RotationError(f"version {token} of secret {arn} is not listed")
+    keys = _sweep_orphans(iam, user, token, _list_keys(iam, user, arn), current_key, pending_since)
+    if len(keys) >= 2:
+        victim = _key_to_remove(sm, arn, token, user, keys, current_key, versions)
+        logger.info("createSecret: deleting key %s of %s to make room", victim, user)
+        iam.delete_access_key(UserName=user, AccessKeyId=victim)
 
-    # A key made by an earlier attempt of this same token (its PutSecretValue failed or its answer
-    # was lost): not current and created no earlier than the pending version. IAM and Secrets
-    # Manager dates are compared at one-second precision, the coarser of the two.
-    for key in list(keys):
+    try:
+        created = iam.create_access_key(UserName=user)["AccessKey"]
+    except Exception:
+        # The key may exist although its answer was lost: on the last attempt no retry's sweep
+        # would find it, and the next rotation could not tell it from a key in use.
+        _sweep_after_lost_create(iam, user, token, current_key, pending_since, arn)
+        raise
+    _store_pending(sm, iam, arn, token, user, current, created)
+
+
+def _sweep_after_lost_create(
+    iam: IAMClient, user: str, token: str, current_key: str | None, since: int, arn: str
+) -> None:
+    try:
+        _sweep_orphans(iam, user, token, _list_keys(iam, user, arn), current_key, since)
+    except Exception as error:  # best effort: the retry's sweep does the same
+        logger.warning(
+            "createSecret: could not look for a key made by a failed CreateAccessKey of %s: %s",
+            user,
+            _describe_error(error),
+        )
+
+
+def _sweep_orphans(
+    iam: IAMClient,
+    user: str,
+    token: str,
+    keys: list[dict[str, Any]],
+    current_key: str | None,
+    pending_since: int,
+) -> list[dict[str, Any]]:
+    """Delete the keys an earlier attempt of this same token made (its PutSecretValue failed or
+    its answer was lost): not current and created no earlier than the pending version. IAM and
+    Secrets Manager dates are compared at one-second precision, the coarser of the two. Returns
+    the keys that are left."""
+    left = []
+    for key in keys:
         if key["AccessKeyId"] != current_key and _seconds(key["CreateDate"]) >= pending_since:
             logger.info(
                 "createSecret: deleting key %s of %s left by an earlier attempt of %s",
@@ -212,24 +338,21 @@ def _create_secret(
                 token,
             )
             iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
-            keys.remove(key)
+        else:
+            left.append(key)
+    return left
 
-    if len(keys) >= 2:
-        others = [k for k in keys if k["AccessKeyId"] != current_key]
-        if len(others) >= 2:
-            inactive = [k for k in others if k.get("Status") != "Active"]
-            if not inactive:
-                ids = ", ".join(sorted(k["AccessKeyId"] for k in others))
-                raise RotationError(
-                    f"IAM user {user} already has two active keys ({ids}) and neither is the "
-                    f"AWSCURRENT key of secret {arn}; refusing to delete a key that may be in use"
-                )
-            others = inactive
-        victim = others[0]["AccessKeyId"]
-        logger.info("createSecret: deleting non-current key %s of %s to make room", victim, user)
-        iam.delete_access_key(UserName=user, AccessKeyId=victim)
 
-    created = iam.create_access_key(UserName=user)["AccessKey"]
+def _store_pending(
+    sm: SecretsManagerClient,
+    iam: IAMClient,
+    arn: str,
+    token: str,
+    user: str,
+    current: dict[str, Any],
+    created: Mapping[str, Any],
+) -> None:
+    """Store the new key under the token; a lost answer is told apart from a failed write."""
     new_id = created["AccessKeyId"]
     pending = dict(current, accesskey=new_id, secretkey=created["SecretAccessKey"])
     try:
@@ -250,6 +373,84 @@ def _create_secret(
         # else unknown: keep the key; the retry's sweep deletes it if it was not stored
         raise
     logger.info("createSecret: stored key %s for %s in version %s", new_id, user, token)
+
+
+def _key_to_remove(
+    sm: SecretsManagerClient,
+    arn: str,
+    token: str,
+    user: str,
+    keys: list[dict[str, Any]],
+    current_key: str | None,
+    versions: list[dict[str, Any]],
+) -> str:
+    """The key that may go to make room, in this order: an inactive one; this secret's previous
+    key (AWSPREVIOUS); a key this secret made in a rotation that failed and never became current.
+
+    Never the AWSCURRENT key; any other Active key may be in use (another secret's, a hand-made
+    one) and stops the rotation with :class:`KeyInUseError`.
+    """
+    others = {str(k["AccessKeyId"]): k for k in keys if k["AccessKeyId"] != current_key}
+    inactive = sorted(key_id for key_id, k in others.items() if k.get("Status") != "Active")
+    if inactive:
+        return inactive[0]
+    previous_key = _key_in(sm, arn, VersionStage=AWSPREVIOUS)
+    if previous_key in others:
+        return previous_key
+    for version_id in _never_current(versions, token):
+        failed_key = _key_in(sm, arn, VersionId=version_id)
+        if failed_key in others:
+            logger.info(
+                "createSecret: key %s is held by version %s of %s, which never became AWSCURRENT",
+                failed_key,
+                version_id,
+                arn,
+            )
+            return failed_key
+    in_use = sorted(others)
+    ids, one = ", ".join(in_use), len(in_use) == 1
+    raise KeyInUseError(
+        f"{KEY_IN_USE_PREFIX} {ids} of IAM user {user}: the user already has two access keys, "
+        f"and {ids} {'is' if one else 'are'} Active and not the AWSCURRENT or AWSPREVIOUS key of "
+        f"secret {arn}, so {'it' if one else 'they'} may be in use elsewhere. Deactivate or delete "
+        f"{'it' if one else 'one'} (aws iam update-access-key --user-name {user} --access-key-id "
+        f"{in_use[0]} --status Inactive), then rotate again"
+    )
+
+
+def _never_current(versions: list[dict[str, Any]], token: str) -> list[str]:
+    """Versions left by failed rotations: no label, created no earlier than the AWSCURRENT one.
+
+    AWSCURRENT only ever moves forward to a newer version here (finishSecret), and the version
+    it leaves takes AWSPREVIOUS, so a label-less version at least as new as AWSCURRENT's was a
+    pending version whose rotation stopped (the operator took its AWSPENDING label off).
+    """
+    current = next((v for v in versions if AWSCURRENT in (v.get("VersionStages") or [])), None)
+    since = _created(versions, str(current["VersionId"])) if current else None
+    if since is None:
+        return []
+    return [
+        str(v["VersionId"])
+        for v in versions
+        if v.get("VersionId") != token
+        and not v.get("VersionStages")
+        and "CreatedDate" in v
+        and _seconds(v["CreatedDate"]) >= since
+    ]
+
+
+def _key_in(sm: SecretsManagerClient, arn: str, **version: str) -> str | None:
+    """The access key id a version holds; None when there is no such version or it holds none."""
+    try:
+        value = _read_json(sm, arn, **version)
+    except ClientError as error:
+        if _code(error) == "ResourceNotFoundException":
+            return None
+        raise
+    except RotationError:  # not a JSON object: it holds no key of ours
+        return None
+    key_id = value.get("accesskey")
+    return key_id if isinstance(key_id, str) and key_id else None
 
 
 def _pending_key_id(sm: SecretsManagerClient, arn: str, token: str) -> str | None:
@@ -273,7 +474,7 @@ def _discard_key(iam: IAMClient, user: str, key_id: str) -> None:
             "createSecret: could not delete unstored key %s of %s: %s",
             key_id,
             user,
-            type(error).__name__,
+            _describe_error(error),
         )
 
 
@@ -346,3 +547,11 @@ def _finish_secret(
 
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _describe_error(error: Exception) -> str:
+    """An AWS error's code and message (AWS never puts a secret in them), else the class name."""
+    if isinstance(error, ClientError):
+        detail = error.response.get("Error", {})
+        return f"{detail.get('Code', type(error).__name__)}: {detail.get('Message', '')}".rstrip()
+    return type(error).__name__

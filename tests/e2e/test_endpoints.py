@@ -90,6 +90,7 @@ def test_metrics_liveness_and_json_logs(keyrotor: Harness, ports: dict[str, int]
     assert value("keyrotor_secret_syncs_total", cause="initial") >= 1
     assert value("keyrotor_rotations_requested_total", cause="first-key") >= 1
     assert value("keyrotor_rotations_total", outcome="started") >= 1
+    assert value("keyrotor_rotations_total", outcome="succeeded") >= 1  # the first key
     assert (
         value(
             "keyrotor_aws_api_calls_total",

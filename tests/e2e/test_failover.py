@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor_sandbox.aws import Rotation
 from keyrotor_sandbox.operator import OperatorProcess
@@ -107,6 +108,16 @@ def http_get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except OSError as exc:
         return 0, str(exc)
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200, text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def start_standby(keyrotor: Harness) -> OperatorProcess:
@@ -201,22 +212,37 @@ def test_standby_takes_over_when_the_active_operator_dies(
         assert [e for e, n in events.items() if n > 1] == [], (name, events)
 
 
-def test_a_clean_shutdown_hands_the_lease_over_at_once(keyrotor: Harness) -> None:
+def test_a_clean_shutdown_hands_the_lease_over_at_once(
+    keyrotor: Harness, record_property: Callable[[str, object], None]
+) -> None:
     """SIGTERM: the leader stops the operator, then releases the Lease; a standby takes it
     without waiting for the lease to expire."""
     active = keyrotor.operator
     if not active.wait_for_log("is the leader", timeout=60):
         pytest.fail(f"no active operator: {active.logs()[-2000:]}")
-    health_port = free_port()
+    health_port, metrics_port = free_port(), free_port()
     standby = keyrotor.start_operator(
-        "--leader-election-id", "third", "--health-port", str(health_port)
+        "--leader-election-id",
+        "third",
+        "--health-port",
+        str(health_port),
+        "--metrics-port",
+        str(metrics_port),
     )
     assert standby.wait_for_log("waiting for Lease")
-    # A standby is alive for its liveness probe (kopf's endpoint starts only with the operator).
+    # A standby is alive for its liveness probe (kopf's endpoint starts only with the operator),
+    # and its metrics say it is not the active one and know no objects.
     assert http_get(f"http://127.0.0.1:{health_port}/healthz") == (200, "standby\n")
+    metrics = scrape(metrics_port)
+    assert metrics[("keyrotor_leader", frozenset())] == 0
+    assert not [k for k in metrics if k[0] == "keyrotor_object_ready"]
+    stopping = time.monotonic()
     assert active.stop() == 0
     assert "released Lease" in active.logs()
     keyrotor.wait(lambda: holder(keyrotor).startswith("third_"), 60, "the takeover")
+    handover = time.monotonic() - stopping
+    record_property("clean_handover_seconds", round(handover, 2))
+    print(f"\nclean handover: the standby held the Lease {handover:.2f}s after SIGTERM")
     assert standby.wait_for_log("is the leader")
     # The port passed from the standby's endpoint to kopf's liveness endpoint.
     keyrotor.wait(
@@ -230,6 +256,16 @@ def test_a_clean_shutdown_hands_the_lease_over_at_once(keyrotor: Harness) -> Non
     ns = keyrotor.namespace("ha")
     keyrotor.create(ns, "after", {"iamUser": keyrotor.iam_user(namespaces=ns)})
     keyrotor.wait_ready(ns, "after")
+    ready = (
+        "keyrotor_object_ready",
+        frozenset({"namespace": ns, "name": "after", "reason": "Ready"}.items()),
+    )
+    metrics = keyrotor.wait(
+        lambda: (lambda found: found if ready in found else None)(scrape(metrics_port)),
+        what="the new leader's per-object metrics",
+    )
+    assert metrics[("keyrotor_leader", frozenset())] == 1
+    assert metrics[ready] == 1
 
 
 def test_a_leader_that_loses_its_lease_exits(keyrotor: Harness) -> None:

@@ -70,8 +70,11 @@ def test_scheduled_rotation_is_mirrored(keyrotor: Harness) -> None:
     ns = keyrotor.namespace()
     user = keyrotor.iam_user(namespaces=ns)
     # The shortest interval the schema allows: no other object of this module is due as early,
-    # so the scheduler below starts this secret's rotation and not theirs.
-    keyrotor.create(ns, "app", {"iamUser": user, "rotation": {"interval": "4h"}})
+    # so the scheduler below starts this secret's rotation and not theirs. The grace period must
+    # be shorter than the interval (the default 24h is refused with a 4h interval).
+    keyrotor.create(
+        ns, "app", {"iamUser": user, "rotation": {"interval": "4h"}, "previousKey": {"after": "3h"}}
+    )
     first = keyrotor.wait_ready(ns, "app")["status"]
     old_id, old_secret = _secret_key(keyrotor, ns, "app")
     assert old_id == first["accessKeyId"]
@@ -92,11 +95,11 @@ def test_scheduled_rotation_is_mirrored(keyrotor: Harness) -> None:
     assert secret.metadata.annotations["keyrotor.io/version-id"] == second["versionId"]
     assert secret.metadata.annotations["keyrotor.io/access-key-id"] == new_id
 
-    # Default previousKey: Deactivate after 24h; until then the old key stays usable.
+    # previousKey: Deactivate (the default) after 3h; until then the old key stays usable.
     assert second["previousKey"]["accessKeyId"] == old_id
     assert second["previousKey"]["state"] == "Active"
     due = datetime.fromisoformat(second["previousKey"]["actionAfter"].replace("Z", "+00:00"))
-    assert timedelta(hours=23) < due - datetime.now(UTC) <= timedelta(hours=24)
+    assert timedelta(hours=2) < due - datetime.now(UTC) <= timedelta(hours=3)
     assert keyrotor.user_keys(user) == {old_id: "Active", new_id: "Active"}
     assert keyrotor.caller_arn(old_id, old_secret).endswith(f":user/{user}")
 

@@ -706,3 +706,12 @@ def test_access_key_create_date_is_to_the_second(aws: AwsEmulator, iam_user: str
     listed = iam.list_access_keys(UserName=iam_user)["AccessKeyMetadata"][0]["CreateDate"]
     assert created == listed
     assert created.microsecond == 0
+
+
+def test_plain_moto_create_date_has_microseconds() -> None:
+    """Why fix 11 exists (when this fails, drop fix 11)."""
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_user(UserName="u")
+        dates = [iam.create_access_key(UserName="u")["AccessKey"]["CreateDate"] for _ in range(2)]
+    assert any(date.microsecond for date in dates)

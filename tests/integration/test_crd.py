@@ -21,6 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.spec_rows import (
+    AFTER_VERSUS_INTERVAL,
+    INVALID_SCHEDULES,
+    INVALID_TARGET_METADATA,
+    VALID_SCHEDULES,
+    VALID_TARGET_METADATA,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "keyrotor.io_accesskeyrotations.yaml"
 RBAC_PATH = ROOT / "deploy" / "base" / "rbac.yaml"
@@ -368,7 +376,9 @@ class TestSchema:
 
     @pytest.mark.parametrize("interval", ["4h", "5h", "1d", "90d", "24000h", "1000d", "0004h"])
     def test_interval_in_range_is_accepted(self, objects: Objects, interval: str) -> None:
-        created = objects.create({"iamUser": "u", "rotation": {"interval": interval}})
+        # previousKey.after must be shorter than the interval (the default 24h is not).
+        spec = {"iamUser": "u", "rotation": {"interval": interval}, "previousKey": {"after": "1h"}}
+        created = objects.create(spec)
         assert created["spec"]["rotation"] == {"interval": interval}
 
     @pytest.mark.parametrize("interval", ["0h", "1h", "3h", "0d", "1001d", "24001h", "999999d"])
@@ -484,6 +494,92 @@ class TestSchema:
     def test_unknown_spec_fields_are_not_stored(self, objects: Objects) -> None:
         created = objects.create({"iamUser": "u", "rotationInterval": "30d"})
         assert created["spec"] == {"iamUser": "u"}
+
+
+def _spec(rotation: dict[str, Any], after: str | None = None, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"iamUser": "u", "rotation": rotation, **extra}
+    if after is not None:
+        spec["previousKey"] = {"after": after}
+    return spec
+
+
+# parse_spec's message for a value that fails the field's pattern; the API server says "should
+# match" (its own words for a pattern).
+_PATTERN_PHRASE = "rate(N hours|days) or cron(...)"
+
+
+@pytest.mark.kube
+class TestValidation:
+    """Issue 8, "validate where it is cheapest": the rows of tests/spec_rows.py, which
+    tests/unit/test_model.py runs through parse_spec, accepted and refused alike by the server."""
+
+    @pytest.mark.parametrize("schedule", VALID_SCHEDULES)
+    def test_valid_schedules_are_accepted(self, objects: Objects, schedule: str) -> None:
+        created = objects.create(_spec({"schedule": schedule}, "1h"))
+        assert created["spec"]["rotation"] == {"schedule": schedule}
+
+    @pytest.mark.parametrize(("schedule", "phrase"), INVALID_SCHEDULES)
+    def test_invalid_schedules_are_refused(
+        self, objects: Objects, schedule: str, phrase: str
+    ) -> None:
+        message = refusal(lambda: objects.create(_spec({"schedule": schedule}, "1h")))
+        assert "spec.rotation.schedule" in message
+        assert ("should match" if phrase == _PATTERN_PHRASE else phrase) in message, message
+        assert "evaluation error" not in message
+
+    @pytest.mark.parametrize(("labels", "annotations"), VALID_TARGET_METADATA)
+    def test_valid_labels_and_annotations_are_accepted(
+        self, objects: Objects, labels: dict[str, str], annotations: dict[str, str]
+    ) -> None:
+        target = {"labels": labels, "annotations": annotations}
+        created = objects.create(_spec({}, target=target))
+        assert created["spec"]["target"] == target
+
+    @pytest.mark.parametrize(("labels", "annotations", "field"), INVALID_TARGET_METADATA)
+    def test_invalid_labels_and_annotations_are_refused(
+        self, objects: Objects, labels: dict[str, str], annotations: dict[str, str], field: str
+    ) -> None:
+        target = {"labels": labels, "annotations": annotations}
+        message = refusal(lambda: objects.create(_spec({}, target=target)))
+        assert field in message, message
+        assert "evaluation error" not in message
+
+    @pytest.mark.parametrize("kind", ["label", "annotation"])
+    def test_a_bad_key_gets_the_rule_in_the_message(self, objects: Objects, kind: str) -> None:
+        """The message cannot name the key: a messageExpression that filters the map's keys
+        (which have no length bound) is over the API server's CEL cost budget."""
+        target = {f"{kind}s": {"good": "v", "bad key": "v"}}
+        message = refusal(lambda: objects.create(_spec({}, target=target)))
+        assert f"spec.target.{kind}s" in message
+        assert f"target.{kind}s: every key must be an optional DNS subdomain prefix" in message
+
+    @pytest.mark.parametrize(("rotation", "after", "valid"), AFTER_VERSUS_INTERVAL)
+    def test_previous_key_after_must_be_shorter_than_the_interval(
+        self, objects: Objects, rotation: dict[str, Any], after: str | None, valid: bool
+    ) -> None:
+        spec = _spec(rotation, after)
+        if valid:
+            assert objects.create(copy.deepcopy(spec))["spec"] == spec
+            return
+        message = refusal(lambda: objects.create(spec))
+        assert "spec.previousKey.after" in message
+        assert "must be shorter than the rotation interval" in message, message
+        if after is None:
+            assert "24h, the default" in message
+
+    @pytest.mark.parametrize("after", ["1001d", "86400001s", "9999999999d"])
+    def test_previous_key_after_is_at_most_1000_days(self, objects: Objects, after: str) -> None:
+        message = refusal(lambda: objects.create(_spec({}, after)))
+        assert "previousKey.after must be at most 1000d" in message
+        assert "evaluation error" not in message
+
+    def test_an_update_that_shortens_the_interval_below_the_grace_is_refused(
+        self, objects: Objects
+    ) -> None:
+        name = objects.create(_spec({"interval": "30d"}))["metadata"]["name"]
+        message = refusal(lambda: objects.patch(name, {"spec": {"rotation": {"interval": "12h"}}}))
+        assert "previousKey.after (24h, the default) must be shorter" in message
+        assert objects.get(name)["spec"]["rotation"] == {"interval": "30d"}
 
 
 @pytest.mark.kube

@@ -81,6 +81,12 @@ def test_per_object_gauges_are_computed_when_scraped(statuses: metrics.ObjectSta
     before = sample("keyrotor_rotations_total", outcome="succeeded") or 0
     statuses.seen("team-a", "app", body(2, 2, "True", "Ready", versionId="v2"))
     assert sample("keyrotor_rotations_total", outcome="succeeded") == before + 1
+    # The first key of an object watched since before it had one counts too; an object first
+    # seen with its key (a restart, a takeover) does not.
+    statuses.seen("team-c", "new", body(1, 1, "False", "RotationPending"))
+    statuses.seen("team-c", "new", body(1, 1, "True", "Ready", versionId="v1"))
+    statuses.seen("team-c", "old", body(1, 1, "True", "Ready", versionId="v9"))
+    assert sample("keyrotor_rotations_total", outcome="succeeded") == before + 2
 
     statuses.gone("team-a", "app")
     assert sample("keyrotor_object_ready", reason="Ready", **key) is None

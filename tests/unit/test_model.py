@@ -18,6 +18,13 @@ from keyrotor.tenancy import (
     conflicting_claim,
     holds_claim,
 )
+from tests.spec_rows import (
+    AFTER_VERSUS_INTERVAL,
+    INVALID_SCHEDULES,
+    INVALID_TARGET_METADATA,
+    VALID_SCHEDULES,
+    VALID_TARGET_METADATA,
+)
 
 
 def parse(spec: dict) -> object:
@@ -59,7 +66,11 @@ def test_defaults_are_applied_in_code() -> None:
 def test_interval_becomes_rate(interval: str, expression: str) -> None:
     assert schedule_expression(interval) == expression
     spec = parse_spec(
-        {"iamUser": "u", "rotation": {"interval": interval, "window": "2h"}},
+        {
+            "iamUser": "u",
+            "rotation": {"interval": interval, "window": "2h"},
+            "previousKey": {"after": "1h"},  # shorter than the shortest interval
+        },
         name="a",
         namespace="n",
         default_secret_name="s",
@@ -76,6 +87,7 @@ def test_interval_becomes_rate(interval: str, expression: str) -> None:
         ({"iamUser": "x" * 65}, "spec.iamUser"),
         ({"iamUser": "u", "rotation": {"interval": "3h"}}, "between 4h and 1000d"),
         ({"iamUser": "u", "rotation": {"interval": "1001d"}}, "between 4h and 1000d"),
+        ({"iamUser": "u", "rotation": {"interval": "9999999999999d"}}, "between 4h and 1000d"),
         ({"iamUser": "u", "rotation": {"interval": "10m"}}, "spec.rotation.interval"),
         ({"iamUser": "u", "rotation": {"interval": "4h", "schedule": "rate(1 day)"}}, "not both"),
         ({"iamUser": "u", "rotation": {"schedule": "every day"}}, "spec.rotation.schedule"),
@@ -88,6 +100,8 @@ def test_interval_becomes_rate(interval: str, expression: str) -> None:
         ),
         ({"iamUser": "u", "previousKey": {"action": "Burn"}}, "spec.previousKey.action"),
         ({"iamUser": "u", "previousKey": {"after": "soon"}}, "spec.previousKey.after"),
+        ({"iamUser": "u", "previousKey": {"after": "1001d"}}, "spec.previousKey.after"),
+        ({"iamUser": "u", "previousKey": {"after": "9999999999d"}}, "at most 1000d"),
         ({"iamUser": "u", "target": {"labels": {"a": 1}}}, "spec.target.labels.a"),
     ],
 )
@@ -96,6 +110,58 @@ def test_bad_specs_name_the_field(spec: dict, field: str) -> None:
         SpecError, match=field.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
     ):
         parse_spec(spec, name="a", namespace="n", default_secret_name="s")
+
+
+def _spec(rotation: dict, after: str | None = None, **extra: object) -> dict:
+    spec: dict = {"iamUser": "u", "rotation": rotation, **extra}
+    if after is not None:
+        spec["previousKey"] = {"after": after}
+    return spec
+
+
+@pytest.mark.parametrize("schedule", VALID_SCHEDULES)
+def test_valid_schedules_are_kept(schedule: str) -> None:
+    spec = parse(_spec({"schedule": schedule}, "1h"))
+    assert spec.schedule_expression == schedule  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("schedule", "message"), INVALID_SCHEDULES)
+def test_invalid_schedules_are_refused(schedule: str, message: str) -> None:
+    with pytest.raises(SpecError) as refused:
+        parse(_spec({"schedule": schedule}, "1h"))
+    assert str(refused.value).startswith(f"spec.rotation.schedule {schedule!r}")
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(("labels", "annotations"), VALID_TARGET_METADATA)
+def test_valid_target_labels_and_annotations_are_kept(labels: dict, annotations: dict) -> None:
+    spec = parse(_spec({}, target={"labels": labels, "annotations": annotations}))
+    assert spec.target_labels == labels  # type: ignore[attr-defined]
+    assert spec.target_annotations == annotations  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("labels", "annotations", "field"), INVALID_TARGET_METADATA)
+def test_invalid_target_labels_and_annotations_are_refused(
+    labels: dict, annotations: dict, field: str
+) -> None:
+    with pytest.raises(SpecError) as refused:
+        parse(_spec({}, target={"labels": labels, "annotations": annotations}))
+    assert str(refused.value).startswith(field)
+
+
+@pytest.mark.parametrize(("rotation", "after", "valid"), AFTER_VERSUS_INTERVAL)
+def test_previous_key_after_must_be_shorter_than_the_interval(
+    rotation: dict, after: str | None, valid: bool
+) -> None:
+    if valid:
+        parse(_spec(rotation, after))
+        return
+    with pytest.raises(SpecError) as refused:
+        parse(_spec(rotation, after))
+    assert str(refused.value).startswith("spec.previousKey.after")
+    assert "must be shorter than the rotation interval" in str(refused.value)
+    if after is None:
+        assert "the default" in str(refused.value)
 
 
 def test_cron_schedule_is_kept() -> None:

@@ -658,3 +658,12 @@ def test_dead_key_replaced_leaves_no_grace_period_behind() -> None:
     plan = policies.plan(spec(), obs, NOW)
     assert plan.facts["previousKey"] == {"accessKeyId": "AKIA2", "state": "Deleted"}
     assert plan.facts["accessKeyId"] == "AKIA3"
+
+
+def test_the_mirrored_keys_creation_time_reaches_the_index_from_the_secret() -> None:
+    created = NOW - timedelta(days=3)
+    target = TargetView(True, True, "v2", True, True, access_key_id="AKIA2", key_created=created)
+    plan = policies.plan(spec(), observe(target=target), NOW)
+    assert plan.index.access_key_id == "AKIA2" and plan.index.key_created == created
+    stale = replace(target, access_key_id="AKIA1")
+    assert policies.plan(spec(), observe(target=stale), NOW).index.key_created is None

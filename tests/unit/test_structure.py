@@ -17,12 +17,12 @@ MAX_MODULE_LINES = 400
 # Owned by other branches at the time of writing (spec validation, the Lambda's two-key rule,
 # the CLI's commands): to be split there, not under their feet.
 KNOWN_BIG = {"aws.policies"}  # the policy branch's
+# One file by design (DESIGN.md: "one module ... shipped as the Lambda's code", zipped alone as
+# lambda_function.py), its safety rules in its docstring: it cannot be split into modules.
+ONE_FILE_BY_DESIGN = {"rotation_lambda"}
 KNOWN_LONG = {
     "aws.policies": {"operator_policy"},
     "policy_command": {"add_parser"},
-    "model": {"parse_spec"},
-    "rotation_lambda": {"_create_secret"},
-    "cli": {"build_parser"},
 }
 
 # Layers, top to bottom: a module may import only from its own layer's named peers or below.
@@ -76,6 +76,8 @@ def _name(path: Path) -> str:
 def test_no_module_over_400_lines(path: Path) -> None:
     if _name(path) in KNOWN_BIG:
         pytest.skip("owned by another branch at the time of writing")
+    if _name(path) in ONE_FILE_BY_DESIGN:
+        pytest.skip("shipped as one file (the rotation Lambda)")
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
 
 

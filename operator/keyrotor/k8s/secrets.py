@@ -10,6 +10,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from kubernetes import client
@@ -17,6 +18,7 @@ from kubernetes import client
 from keyrotor import errors
 from keyrotor.k8s.client import KubeApis, is_status, kube_errors
 from keyrotor.model import (
+    ACCESS_KEY_CREATED_ANNOTATION,
     ACCESS_KEY_ID_ANNOTATION,
     DATA_HASH_ANNOTATION,
     MANAGED_BY_LABEL,
@@ -106,6 +108,8 @@ def inspect_target(
     have_labels = secret.metadata.labels or {}
     version = have_annotations.get(VERSION_ID_ANNOTATION)
     return TargetView(
+        access_key_id=have_annotations.get(ACCESS_KEY_ID_ANNOTATION),
+        key_created=_time(have_annotations.get(ACCESS_KEY_CREATED_ANNOTATION)),
         exists=True,
         owned=True,
         version_id=version,
@@ -114,6 +118,13 @@ def inspect_target(
         and all(have_labels.get(k) == v for k, v in labels.items())
         and all(have_annotations.get(k) == v for k, v in annotations.items()),
     )
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None  # edited by hand: looked up again
 
 
 def _metadata(
@@ -165,6 +176,7 @@ def mirror_secret(
     profile: str,
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
+    key_created: datetime | None = None,
 ) -> bool:
     """Make the Secret hold this key. True when something was written."""
     encoded = _encode(credentials_data(access_key_id, secret_access_key, profile))
@@ -174,6 +186,8 @@ def mirror_secret(
         ACCESS_KEY_ID_ANNOTATION: access_key_id,
         DATA_HASH_ANNOTATION: data_hash(encoded),
     }
+    if key_created is not None:
+        wanted[ACCESS_KEY_CREATED_ANNOTATION] = key_created.strftime("%Y-%m-%dT%H:%M:%SZ")
     for _attempt in range(3):
         metadata = _metadata(namespace, name, owner, labels, wanted)
         try:
