@@ -116,7 +116,7 @@ test_packaging.py`` fails on any other.
    doc:      IAM/latest/APIReference/API_AccessKeyMetadata.html (example responses)
    test:     test_access_key_create_date_is_to_the_second
 
-11. IAM authorization, with resources and conditions (for the principals a test names).
+12. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
              only: resources and most condition keys are not evaluated (moto's "IAM-like Access
              Control"), so a call on another installation's secret, role or function passes.
@@ -139,7 +139,7 @@ test_packaging.py`` fails on any other.
    tests:    tests/integration/test_aws_emulator_authz.py
 
 Not restored (left as moto does it): authorization of principals not given to enforce_iam
-(IAM policies are not evaluated for them; condition keys other than those listed in 11), the
+(IAM policies are not evaluated for them; condition keys other than those listed in 12), the
 rotation window (Duration is stored and reported, rotations start when asked), NextRotationDate for
 cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too; the credential
 report never expires (ReportExpired: AWS does not say after how long), a key's last use is
@@ -236,7 +236,7 @@ class Call(NamedTuple):
 
 @dataclass(frozen=True)
 class Denial:
-    """A request that IAM authorization (fix 11) refused."""
+    """A request that IAM authorization (fix 12) refused."""
 
     principal: str
     action: str
@@ -553,7 +553,7 @@ def _install_moto_patches() -> None:
             *args: Any,
             **kwargs: Any,
         ) -> Any:
-            # Fix 11: a permissions boundary must be an existing policy, as in IAM.
+            # Fix 12: a permissions boundary must be an existing policy, as in IAM.
             known = {p.arn for p in self.managed_policies.values()}
             if _active() is not None and boundary and boundary not in known:
                 from moto.iam.exceptions import NotFoundException
@@ -984,7 +984,7 @@ class AwsEmulator:
         self.endpoint_url = ""
         # Seconds between finishSecret (AWSCURRENT moved) and LastRotatedDate being recorded.
         self.record_rotation_delay = 0.0
-        # IAM authorization (fix 11): the principals it is evaluated for, and what it refused.
+        # IAM authorization (fix 12): the principals it is evaluated for, and what it refused.
         self.enforced: set[str] = set()
         self.denials: list[Denial] = []
         self._role_keys: dict[str, tuple[str, str]] = {}  # access key id -> (role ARN, secret)
@@ -1104,7 +1104,7 @@ class AwsEmulator:
         return started
 
     def enforce_iam(self, principal_arn: str) -> None:
-        """Evaluate IAM policies (fix 11) for every request of this user or role."""
+        """Evaluate IAM policies (fix 12) for every request of this user or role."""
         with self._lock:
             self.enforced.add(principal_arn)
 
@@ -1215,7 +1215,7 @@ class AwsEmulator:
             }
         )
 
-    # internals: authorization (fix 11)
+    # internals: authorization (fix 12)
 
     def _authorize(
         self, principal: str, service: str, operation: str, environ: Mapping[str, Any], body: bytes

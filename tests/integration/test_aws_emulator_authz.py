@@ -1,4 +1,4 @@
-"""Fix 11 of keyrotor_sandbox.aws: IAM authorization with resources and conditions, for the
+"""Fix 12 of keyrotor_sandbox.aws: IAM authorization with resources and conditions, for the
 principals a test names (enforce_iam). moto alone would allow each refused call below."""
 
 from __future__ import annotations
