@@ -215,8 +215,14 @@ def test_the_rotation_lambda_runs_as_its_role_within_the_boundary(aws: AwsEmulat
     ):
         user = f"u-{uuid.uuid4().hex[:8]}"
         aws.create_iam_user(user, tags)
+        # The operator's tags: the function trusts them, not the value (rotation_lambda.py).
         arn = sm.create_secret(
-            Name=f"{prefix}ns/{user}", SecretString=json.dumps({"username": user})
+            Name=f"{prefix}ns/{user}",
+            SecretString=json.dumps({"username": user}),
+            Tags=[
+                {"Key": "keyrotor.io/iam-user", "Value": user},
+                {"Key": "keyrotor.io/cluster", "Value": prefix.split("/")[1]},
+            ],
         )["ARN"]
         sm.rotate_secret(
             SecretId=arn,
