@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from keyrotor import audit_command, policy_command
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
+    EVENT_MODE_SYNC_INTERVAL,
     AllowRule,
     Settings,
     SettingsError,
@@ -42,8 +43,22 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--region", default=_env("REGION"), help="AWS region (default: boto3's chain)")
     run.add_argument(
         "--sync-interval",
-        default=_env("SYNC_INTERVAL", str(int(DEFAULT_SYNC_INTERVAL))),
-        help="seconds (or 5m) between ListSecrets sweeps",
+        default=_env("SYNC_INTERVAL"),
+        help=f"seconds (or 5m) between ListSecrets sweeps (default {int(DEFAULT_SYNC_INTERVAL)}, "
+        f"{int(EVENT_MODE_SYNC_INTERVAL)} in event mode)",
+    )
+    run.add_argument(
+        "--event-mode",
+        action=argparse.BooleanOptionalAction,
+        default=(_env("EVENT_MODE", "") or "").lower() in ("1", "true", "yes"),
+        help="mirror rotations within seconds from Secrets Manager's events (an EventBridge rule "
+        "and an SQS queue keyrotor ensures); the sweep stays as the safety net",
+    )
+    run.add_argument(
+        "--event-queue-url",
+        default=_env("EVENT_QUEUE_URL"),
+        help="event mode: long-poll this queue instead of creating keyrotor-<cluster-name>-events "
+        "(its policy must let the rule keyrotor-<cluster-name>-secrets send)",
     )
     run.add_argument(
         "--focus-interval", default=_env("FOCUS_INTERVAL", "2"), help=argparse.SUPPRESS
@@ -181,11 +196,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
     kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
+    event_mode = bool(args.event_mode)
+    default_interval = EVENT_MODE_SYNC_INTERVAL if event_mode else DEFAULT_SYNC_INTERVAL
+    sync_interval = args.sync_interval or str(int(default_interval))
     return Settings(
         cluster_name=args.cluster_name,
         region=args.region or None,
         namespaces=tuple(namespaces),
-        sync_interval=parse_interval_setting("--sync-interval", str(args.sync_interval)),
+        sync_interval=parse_interval_setting("--sync-interval", str(sync_interval)),
+        event_mode=event_mode,
+        event_queue_url=args.event_queue_url or None,
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from keyrotor import deletion, reconcile, sync
+from keyrotor.event_consumer import EventConsumer
 from keyrotor.model import (
     FINALIZER,
     GROUP,
@@ -45,10 +46,14 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
+    if runtime.settings.event_mode:  # beside the sync loop, stopped with it
+        memo.events = EventConsumer(runtime, SyncLoop(runtime)).start()
 
 
 @kopf.on.cleanup()
 async def stop(*, memo: Any, **_: Any) -> None:
+    if getattr(memo, "events", None) is not None:
+        await asyncio.to_thread(memo.events.stop)
     if getattr(memo, "stop_sync", None) is not None:
         memo.stop_sync.set()
         await memo.sync_task

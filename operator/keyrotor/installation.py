@@ -36,6 +36,10 @@ class Installation:
         self._lambda_arn: str | None = None
         self._checked_at = 0.0
 
+    @property
+    def target(self) -> Target:
+        return self._target
+
     def known_lambda_arn(self) -> str | None:
         """The function's ARN while the last check is recent; None: ensure it first."""
         with self._lock:

@@ -54,6 +54,13 @@ DEAD_KEY_CHECKS = Counter(
 )
 BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
+SECRET_EVENTS = Counter(
+    "keyrotor_secret_events_total",
+    "Event mode: queue messages by outcome (checked: an object's secret was looked at; "
+    "ignored: not a change of AWSCURRENT, or no object of this installation; failed: the look "
+    "failed and the message comes back)",
+    ["outcome"],
+)
 SYNC_SWEEP_SECONDS = Histogram(
     "keyrotor_sync_sweep_duration_seconds",
     "Duration of one round of the shared sync loop (ListSecrets sweep or focus tick)",

@@ -97,6 +97,7 @@ class Reason:
     GRACE_PERIOD = "GracePeriod"
     DEAD_KEY = "DeadKey"  # the mirrored key was deleted or deactivated outside keyrotor
     ROTATION_STUCK = "RotationStuck"
+    KEY_IN_USE = "KeyInUse"  # the two-key limit: another Active key the Lambda will not delete
     ROTATION_FAILED = "RotationFailed"  # Secrets Manager refused a rotation keyrotor asked for
     SYNCED = "Synced"
     SYNC_FAILED = "SyncFailed"

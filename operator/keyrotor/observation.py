@@ -136,3 +136,5 @@ class Observation:
     # What IAM's credential report says of the mirrored key (status.accessKeyId) when it is not
     # usable: "gone" (deleted) or "inactive" (deactivated outside keyrotor); None: usable.
     dead_key: str | None = None
+    # The user's access keys (status, CreateDate), read only when a stuck rotation is cleared.
+    user_keys: Mapping[str, tuple[str, datetime]] = field(default_factory=dict)

@@ -39,7 +39,7 @@ def _post_and_count_event(
 def make_runtime(settings: Settings) -> Runtime:
     try:
         aws = AwsClients.create(settings.region)
-        for client in (aws.iam, aws.sts, aws.secretsmanager, aws.lambda_):
+        for client in (aws.iam, aws.sts, aws.secretsmanager, aws.lambda_, aws.sqs, aws.events):
             metrics.count_aws_calls(client)
         identity = aws.sts.get_caller_identity()
     except Exception as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from keyrotor.conditions import Condition, find_condition, isoformat
@@ -42,6 +42,7 @@ from keyrotor.outcome import (
     ConfigureRotation,
     CreateSecret,
     EnsureInstallation,
+    Event,
     IndexUpdate,
     Plan,
     RequestRotation,
@@ -93,7 +94,7 @@ def secret_step(spec: Spec, obs: Observation) -> CreateSecret | AdoptSecret | No
     return None
 
 
-def stuck_rotations(obs: Observation) -> tuple[bool, list[ClearPending]]:
+def stuck_rotations(obs: Observation, now: datetime) -> tuple[bool, list[ClearPending]]:
     """A rotation is running (its AWSPENDING version is younger than stuck_after), or stuck:
     its AWSPENDING label is cleared so that rotation can go on."""
     secret = obs.secret
@@ -107,7 +108,8 @@ def stuck_rotations(obs: Observation) -> tuple[bool, list[ClearPending]]:
             ClearPending(
                 arn=secret.arn if secret else "",
                 version_id=version,
-                event=warning(
+                event=key_in_use(obs, now - timedelta(seconds=age or 0))
+                or warning(
                     Reason.ROTATION_STUCK,
                     f"rotation to version {version} did not finish; cleared its AWSPENDING label "
                     f"so rotation can go on (the rotation Lambda's logs say why it stopped)",
@@ -115,6 +117,32 @@ def stuck_rotations(obs: Observation) -> tuple[bool, list[ClearPending]]:
             )
         )
     return running, clear
+
+
+def key_in_use(obs: Observation, started: datetime) -> Event | None:
+    """The two-key limit stopped the rotation (started at ``started``): besides the mirrored key
+    the user has another Active key, older than the rotation (a key the rotation itself made is
+    newer) and not this object's previous key, which the Lambda refuses to delete (it may be in
+    use). Say which, and what to do; keyrotor deletes nothing."""
+    status = obs.obj.status
+    ours = {status.get("accessKeyId"), (status.get("previousKey") or {}).get("accessKeyId")}
+    before = started.replace(microsecond=0)
+    others = sorted(
+        k
+        for k, (state, created) in obs.user_keys.items()
+        if state == "Active" and k not in ours and created.replace(microsecond=0) < before
+    )
+    if len(obs.user_keys) < 2 or not others:
+        return None
+    user = obs.user.name if obs.user else ""
+    return warning(
+        Reason.KEY_IN_USE,
+        f"the rotation stopped at IAM's two-key limit: IAM user {user!r} also has the Active "
+        f"key {', '.join(others)}, which keyrotor did not make for this object and will not "
+        f"delete; deactivate or delete it (aws iam update-access-key --user-name {user} "
+        f"--access-key-id {others[0]} --status Inactive), then annotate "
+        f"{ROTATE_NOW_ANNOTATION} again",
+    )
 
 
 def never_rotated(obs: Observation) -> bool:
@@ -230,7 +258,7 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
     secret = obs.secret
     assert secret is not None and obs.lambda_arn  # the steps above made both
     result.facts.update(lambdaArn=obs.lambda_arn, secretArn=secret.arn, **schedule_facts(secret))
-    running, clear = stuck_rotations(obs)
+    running, clear = stuck_rotations(obs, now)
     configure = None if clear else rotation_config_step(spec, obs, running=running)
     if clear or configure:
         result.actions.extend([*clear, *([configure] if configure else [])])

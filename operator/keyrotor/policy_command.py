@@ -88,6 +88,18 @@ def add_parser(commands: Any) -> None:
         "keyrotor.io/namespaces tag (repeatable; IAM wildcards * and ? only)",
     )
     parser.add_argument(
+        "--event-mode",
+        action=argparse.BooleanOptionalAction,
+        default=(_env("EVENT_MODE", "") or "").lower() in ("1", "true", "yes"),
+        help="as keyrotor run --event-mode: add the EventBridge rule and the SQS queue",
+    )
+    parser.add_argument(
+        "--event-queue-url",
+        default=_env("EVENT_QUEUE_URL"),
+        help="as keyrotor run --event-queue-url: grant consuming that queue instead of "
+        "creating keyrotor-<cluster-name>-events",
+    )
+    parser.add_argument(
         "--user-path",
         default="/",
         help="IAM path of the users keyrotor may rotate, e.g. /keyrotor/ (default: any path)",
@@ -142,7 +154,21 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
         service_account=args.service_account,
         oidc_provider=args.oidc_provider,
         eks_cluster_name=args.eks_cluster_name or None,
+        event_mode=bool(args.event_mode),
+        event_queue_arn=_queue_arn(args.event_queue_url, args.partition),
     )
+
+
+def _queue_arn(url: str | None, partition: str) -> str | None:
+    """https://sqs.<region>.amazonaws.com/<account>/<name> -> the queue's ARN."""
+    if not url:
+        return None
+    parts = url.rstrip("/").split("/")
+    host = parts[2] if len(parts) > 2 else ""
+    if len(parts) != 5 or not host.startswith("sqs."):
+        raise ValueError(f"--event-queue-url {url!r}: expected https://sqs.REGION.../ACCOUNT/NAME")
+    region = host.split(".")[1]
+    return f"arn:{partition}:sqs:{region}:{parts[3]}:{parts[4]}"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -143,6 +143,9 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
     for version in secret.stuck_pending if secret is not None else ():
         created = secrets.version_created(rt.aws.secretsmanager, secret_id=arn, version_id=version)
         ages[version] = (now - created).total_seconds() if created else None
+    stuck = any(age is None or age >= settings.stuck_after for age in ages.values())
+    # A rotation that stopped: the user's keys say whether the two-key limit stopped it.
+    user_keys = iam.access_keys(rt.aws.iam, user.name) if stuck else {}
     target = target_secrets.inspect_target(
         rt.kube,
         obj.namespace,
@@ -163,6 +166,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         pending_ages=ages,
         target=target,
         dead_key=_dead_key(rt, obj),
+        user_keys=user_keys,
     )
     return _with_key(rt, observation, spec)
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from keyrotor.model import parse_duration
 
 DEFAULT_SYNC_INTERVAL = 300.0
+# In event mode, events announce rotations within seconds; the sweep is only the safety net.
+EVENT_MODE_SYNC_INTERVAL = 1800.0
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
@@ -68,6 +70,10 @@ class Settings:
     # Every mirrored key is looked up in IAM's credential report this often (O(1) calls).
     dead_key_check: float = 3600.0
     lambda_role_arn: str | None = None
+    # Event mode: Secrets Manager's rotation events (EventBridge -> SQS) say which secret to
+    # look at; the queue keyrotor-<cluster>-events unless the user names one.
+    event_mode: bool = False
+    event_queue_url: str | None = None
     allow: tuple[AllowRule, ...] = ()
     kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
     metrics_port: int = 0  # 0: no metrics endpoint
@@ -91,6 +97,8 @@ class Settings:
             )
         if self.sync_interval < 10:
             raise SettingsError(f"--sync-interval {self.sync_interval:g}s: must be at least 10s")
+        if self.event_queue_url and not self.event_mode:
+            raise SettingsError("--event-queue-url: only used with --event-mode")
         if self.recheck_interval < 1:
             raise SettingsError(
                 f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"

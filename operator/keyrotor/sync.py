@@ -186,6 +186,18 @@ class SyncLoop:
             self.decide(entry)
         self._end_focus_when_mirrored(entry, observed)
 
+    def check(self, entry: Entry) -> None:
+        """An event named this object's secret (event mode): one DescribeSecret, and a decision
+        only when AWSCURRENT moved (or the schedule did), as the focus tick decides. An object
+        backing off is left to its backoff."""
+        if entry.failures or not entry.state.active or entry.state.secret_arn is None:
+            return
+        observed = secrets.describe(self.rt.aws.secretsmanager, entry.state.secret_arn)
+        if observed is not None and needs_decision(
+            entry.state.mirrored_version, entry.reported_last_rotation, observed, pending=False
+        ):
+            self.decide(entry)
+
     def _end_focus_when_mirrored(self, entry: Entry, observed: Observed) -> None:
         """The rotation we waited for is over and its version mirrored, by this tick or by
         another path (the sweep, a reconcile): stop looking."""

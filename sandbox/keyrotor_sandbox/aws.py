@@ -115,6 +115,26 @@ test_packaging.py`` fails on any other.
              it (code that matched the two exactly would pass here and fail on AWS otherwise).
    doc:      IAM/latest/APIReference/API_AccessKeyMetadata.html (example responses)
    test:     test_access_key_create_date_is_to_the_second
+12. Secrets Manager's events reach EventBridge (and a long poll does not stop the server).
+   moto:     no CloudTrail, so Secrets Manager sends no event to EventBridge; and an SQS
+             ReceiveMessage with WaitTimeSeconds waits inside moto, which here would hold the
+             emulator's lock (every other request) for up to 20 s.
+   restored: every successful Secrets Manager write (PutSecretValue, UpdateSecretVersionStage,
+             RotateSecret, CreateSecret, ...; EventBridge gets no read-only calls) is put on
+             moto's default event bus as "AWS API Call via CloudTrail" (request parameters in
+             lowerCamelCase, secret values hidden, the response's arn/name/versionId), and each
+             rotation the emulator runs emits "AWS Service Event via CloudTrail" RotationStarted,
+             then RotationSucceeded or RotationFailed (additionalEventData.SecretId = the ARN);
+             shapes in :mod:`keyrotor_sandbox.cloudtrail`. moto's rules match them and deliver
+             to their SQS targets themselves. :attr:`AwsEmulator.drop_events` loses them (a test
+             of the safety net); :attr:`AwsEmulator.emitted_events` records what was sent. A long
+             poll is answered by short receives, the lock released in between.
+   doc:      secretsmanager/latest/userguide/monitoring-eventbridge.html,
+             cloudtrail_log_entries.html, eventbridge/latest/userguide/
+             eb-service-event-cloudtrail.html, AWSSimpleQueueService/latest/APIReference/
+             API_ReceiveMessage.html (WaitTimeSeconds)
+   tests:    test_rotation_emits_cloudtrail_events_to_eventbridge_rules,
+             test_drop_events_loses_them, test_long_poll_does_not_block_other_requests
 
 12. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
@@ -139,7 +159,10 @@ test_packaging.py`` fails on any other.
    tests:    tests/integration/test_aws_emulator_authz.py
 
 Not restored (left as moto does it): authorization of principals not given to enforce_iam
-(IAM policies are not evaluated for them; condition keys other than those listed in 12), the
+(fix 12; IAM policies are not evaluated for them; nor is an
+SQS queue policy when EventBridge delivers), CloudTrail's delivery delay (events arrive at once;
+on AWS, seconds to minutes, best effort), a queue's ReceiveMessageWaitTimeSeconds (a long poll
+must name WaitTimeSeconds), the
 rotation window (Duration is stored and reported, rotations start when asked), NextRotationDate for
 cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too; the credential
 report never expires (ReportExpired: AWS does not say after how long), a key's last use is
@@ -199,7 +222,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from keyrotor_sandbox import iam_authz
+from keyrotor_sandbox import cloudtrail, iam_authz
 from keyrotor_sandbox.iam_authz import Request, is_allowed
 
 logger = logging.getLogger(__name__)
@@ -885,11 +908,38 @@ class _EmulatorApp:
             code = _error_code(service, rule.error)
             return self._reply(start_response, _error_response(service, code, message))
 
-        status, headers, content = self._run(environ)
+        if (service, operation) == ("sqs", "ReceiveMessage"):
+            status, headers, content = self._long_poll(environ, body)
+        else:
+            status, headers, content = self._run(environ)
         if rule is not None:
             code = _error_code(service, rule.error)
             return self._reply(start_response, _error_response(service, code, message))
+        if status.startswith("2"):
+            emulator._after_write(service, operation, body, content, credential.group(1))
         return self._reply(start_response, (status, headers, content))
+
+    def _long_poll(
+        self, environ: dict[str, Any], body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """ReceiveMessage with WaitTimeSeconds (fix 12): short receives until a message comes or
+        the wait is over, the lock released in between (moto would wait holding it)."""
+        try:
+            request = json.loads(body or b"{}")
+            wait = float(request.get("WaitTimeSeconds") or 0)
+        except (ValueError, AttributeError):
+            return self._run(environ)
+        request["WaitTimeSeconds"] = 0
+        data = json.dumps(request).encode()
+        deadline = time.monotonic() + wait
+        while True:
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(data), str(len(data))
+            status, headers, content = self._run(environ)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not status.startswith("200") or b'"Messages"' in content:
+                return status, headers, content
+            with self._emulator._queue_activity:
+                self._emulator._queue_activity.wait(min(remaining, 0.5))
 
     def _forward(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return self._reply(start_response, self._run(environ))
@@ -991,6 +1041,11 @@ class AwsEmulator:
         # Seconds a credential report takes to generate (INPROGRESS meanwhile); fix 9.
         self.credential_report_seconds = 0.0
         self._credential_reports: dict[str, _CredentialReport] = {}
+        # Fix 12: Secrets Manager's events onto moto's default event bus (False: lost).
+        self.drop_events = False
+        self.emitted_events: list[tuple[str, str, str]] = []  # (detail-type, eventName, secret)
+        self.dropped_events: list[tuple[str, str, str]] = []
+        self._queue_activity = threading.Condition()
         self._started_at = datetime.now(UTC)
 
     # lifecycle
@@ -1300,6 +1355,19 @@ class AwsEmulator:
             return self._lambda_requests(action, operation, params, path)
         if service == "iam":
             return self._iam_requests(principal, action, operation, params)
+        if service == "events":
+            name = str(params.get("Name") or params.get("Rule") or "")
+            bus = str(params.get("EventBusName") or "default")
+            rule = f"rule/{name}" if bus == "default" else f"rule/{bus}/{name}"
+            if name:
+                return [Request(action, f"arn:aws:events:{self.region}:{self.account_id}:{rule}")]
+        if service == "sqs":
+            queue = (
+                str(params.get("QueueName") or "")
+                or str(params.get("QueueUrl") or "").rstrip("/").rsplit("/", 1)[-1]
+            )
+            if queue:
+                return [Request(action, f"arn:aws:sqs:{self.region}:{self.account_id}:{queue}")]
         return [Request(action, "*")]
 
     @staticmethod
@@ -1509,6 +1577,57 @@ class AwsEmulator:
         expected = auth.signature(auth.string_to_sign(request, canonical), request)
         return bool(expected == signature.group(1))
 
+    # internals: Secrets Manager's events (fix 12)
+
+    def _after_write(
+        self, service: str, operation: str, body: bytes, content: bytes, caller: str
+    ) -> None:
+        if service == "sqs" and operation.startswith("SendMessage"):
+            self._notify_queues()
+        if service != "secretsmanager" or operation not in cloudtrail.WRITE_OPERATIONS:
+            return
+        try:
+            request, response = json.loads(body or b"{}"), json.loads(content or b"{}")
+        except ValueError:
+            return
+        detail = cloudtrail.api_call(
+            operation,
+            request,
+            response,
+            account_id=self.account_id,
+            region=self.region,
+            caller=caller,
+        )
+        secret = str(response.get("ARN") or request.get("SecretId") or "")
+        self._emit(cloudtrail.API_CALL, detail, secret)
+
+    def _emit_service_event(self, name: str, secret_arn: str) -> None:
+        detail = cloudtrail.service_event(
+            name, secret_arn, account_id=self.account_id, region=self.region
+        )
+        self._emit(cloudtrail.SERVICE_EVENT, detail, secret_arn)
+
+    def _emit(self, detail_type: str, detail: Mapping[str, Any], secret: str) -> None:
+        """Put one event on moto's default bus: its rules deliver it (to SQS, among others)."""
+        record = (detail_type, str(detail["eventName"]), secret)
+        if self.drop_events:
+            self.dropped_events.append(record)
+            return
+        from moto.events.models import events_backends
+
+        with self._lock:
+            backend = events_backends[self.account_id][self.region]
+            try:
+                backend.put_events([cloudtrail.entry(detail_type, detail)])
+            except Exception:  # a rule's target gone: AWS drops the delivery, not the call
+                logger.warning("event %s of %s not delivered", record[1], secret, exc_info=True)
+            self.emitted_events.append(record)
+        self._notify_queues()
+
+    def _notify_queues(self) -> None:
+        with self._queue_activity:
+            self._queue_activity.notify_all()
+
     # internals: rotation
 
     @staticmethod
@@ -1606,6 +1725,7 @@ class AwsEmulator:
         )
         with self._rotations_changed:
             self._running.add(thread)
+        self._emit_service_event("RotationStarted", secret.arn)
         thread.start()
 
     def _run_rotation(self, rotation: Rotation) -> None:
@@ -1620,11 +1740,13 @@ class AwsEmulator:
                         step,
                         self._lambda_retries + 1,
                     )
+                    self._emit_service_event("RotationFailed", rotation.secret_arn)
                     return
             rotation.succeeded = True
             if self.record_rotation_delay:
                 time.sleep(self.record_rotation_delay)
             self._rotation_succeeded(rotation)
+            self._emit_service_event("RotationSucceeded", rotation.secret_arn)
         except Exception:
             rotation.succeeded = False
             logger.exception("rotation of %s failed in the emulator", rotation.secret_arn)

@@ -607,7 +607,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
     parser.add_argument("--objects", type=int, default=200, help="objects for the scale run")
     parser.add_argument("--latency-samples", type=int, default=20)
-    parser.add_argument("--which", choices=["all", "calls", "latency", "scale"], default="all")
+    parser.add_argument(
+        "--which", choices=["all", "calls", "latency", "scale", "events"], default="all"
+    )
+    parser.add_argument(
+        "--events-objects", type=int, default=20, help="objects for the event-mode stage"
+    )
     parser.add_argument(
         "--calls-objects",
         default="20,100",
@@ -648,6 +653,11 @@ class Stages:
         if which in ("all", "scale"):
             self.bench.bench_scale(args.objects)
             yield "scale"
+        if which in ("all", "events"):
+            from tests.bench.bench_event_mode import bench_events
+
+            bench_events(self.bench, args.events_objects, args.latency_samples, args.sweep_interval)
+            yield "events"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,3 +294,35 @@ def test_failing_action_backs_off_and_other_objects_still_sync(keyrotor: Harness
     )
     assert final["previousKey"]["accessKeyId"] == a["accessKeyId"]
     keyrotor.wait_ready(ns, "app")
+
+
+# --- The Lambda never deletes a key that may be in use; the object says which and what to do ---
+
+
+def test_rotation_stopped_by_a_key_in_use_is_reported_and_nothing_deleted(
+    keyrotor: Harness,
+) -> None:
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    keyrotor.create(ns, "app", {"iamUser": user})
+    first = keyrotor.wait_ready(ns, "app")["status"]
+    keyrotor.aws.wait_for_rotations()
+    # Someone else's working key for the same user (made by hand): the user is at two keys.
+    iam = keyrotor.aws.client("iam")
+    foreign = iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]
+
+    # A key made in the same second as the rotation's pending version would be taken by the
+    # Lambda for an orphan of that rotation (one-second precision): the hand-made key is older.
+    time.sleep(1.1)
+    keyrotor.annotate(ns, "app", {"keyrotor.io/rotate-now": "r1"})
+    event = keyrotor.wait(
+        lambda: next((e for e in keyrotor.events(ns, "app") if e.reason == "KeyInUse"), None),
+        timeout=120,
+        what="a KeyInUse Warning",
+    )
+    assert event.type == "Warning" and foreign in event.message
+    assert f"--access-key-id {foreign}" in event.message
+    assert keyrotor.user_keys(user) == {first["accessKeyId"]: "Active", foreign: "Active"}
+    obj = keyrotor.wait_ready(ns, "app")
+    assert obj["status"]["accessKeyId"] == first["accessKeyId"]
+    _works(keyrotor, ns, "app", user)

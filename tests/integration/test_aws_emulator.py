@@ -715,3 +715,141 @@ def test_plain_moto_create_date_has_microseconds() -> None:
         iam.create_user(UserName="u")
         dates = [iam.create_access_key(UserName="u")["AccessKey"]["CreateDate"] for _ in range(2)]
     assert any(date.microsecond for date in dates)
+
+
+# 12. Secrets Manager's events reach EventBridge (and a long poll does not stop the server)
+
+
+def _rule_to_queue(aws: AwsEmulator, pattern: dict[str, Any]) -> str:
+    """A rule on the default bus with a fresh queue as its target; the queue's URL."""
+    name = f"ev-{uuid.uuid4().hex[:8]}"
+    sqs, events = aws.client("sqs"), aws.client("events")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(Name=name, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": arn}])
+    return str(url)
+
+
+def _drain(aws: AwsEmulator, url: str) -> list[dict[str, Any]]:
+    sqs, found = aws.client("sqs"), []
+    while True:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            return found
+        for message in messages:
+            found.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_rotation_emits_cloudtrail_events_to_eventbridge_rules(aws: AwsEmulator) -> None:
+    arn = _plain_secret(aws)
+    url = _rule_to_queue(aws, {"source": ["aws.secretsmanager"]})
+    token = str(uuid.uuid4())
+    aws.client("secretsmanager").rotate_secret(
+        SecretId=arn,
+        RotationLambdaARN=_marker_function(aws, "value-a7f3"),
+        ClientRequestToken=token,
+    )
+    aws.wait_for_rotations()
+    events = [e for e in _drain(aws, url) if arn in json.dumps(e)]
+    seen = [(e["detail-type"], e["detail"]["eventName"]) for e in events]
+    api, service = "AWS API Call via CloudTrail", "AWS Service Event via CloudTrail"
+    assert seen.count((api, "PutSecretValue")) == 1
+    assert seen.count((api, "UpdateSecretVersionStage")) == 2  # AWSCURRENT moved, AWSPENDING off
+    assert (api, "RotateSecret") in seen and (service, "RotationStarted") in seen
+    assert seen.index((service, "RotationSucceeded")) > seen.index((api, "PutSecretValue"))
+    put = next(e for e in events if e["detail"]["eventName"] == "PutSecretValue")
+    assert put["source"] == "aws.secretsmanager" and put["region"] == aws.region
+    assert put["detail"]["requestParameters"]["secretString"] == "HIDDEN_DUE_TO_SECURITY_REASONS"
+    assert put["detail"]["requestParameters"]["versionStages"] == ["AWSPENDING"]
+    assert put["detail"]["responseElements"]["arn"] == arn
+    assert "value-a7f3" not in json.dumps(events)  # no secret value in any event
+    move = next(
+        e["detail"]["requestParameters"]
+        for e in events
+        if e["detail"]["eventName"] == "UpdateSecretVersionStage"
+        and e["detail"]["requestParameters"]["versionStage"] == "AWSCURRENT"
+    )
+    assert move["moveToVersionId"] == token and move["secretId"] == arn
+    succeeded = next(e for e in events if e["detail"]["eventName"] == "RotationSucceeded")
+    assert succeeded["detail"]["additionalEventData"] == {"SecretId": arn}
+    # Read-only calls are not handed to EventBridge.
+    assert not {"DescribeSecret", "GetSecretValue"} & {e["detail"]["eventName"] for e in events}
+
+
+def test_rules_match_the_events_patterns(aws: AwsEmulator) -> None:
+    arn = _plain_secret(aws)
+    only_succeeded = _rule_to_queue(
+        aws,
+        {
+            "source": ["aws.secretsmanager"],
+            "detail-type": ["AWS Service Event via CloudTrail"],
+            "detail": {
+                "eventName": ["RotationSucceeded"],
+                "additionalEventData": {"SecretId": [arn]},
+            },
+        },
+    )
+    other_secret = _rule_to_queue(
+        aws,
+        {"source": ["aws.secretsmanager"], "detail": {"requestParameters": {"secretId": ["x"]}}},
+    )
+    aws.client("secretsmanager").rotate_secret(
+        SecretId=arn, RotationLambdaARN=_marker_function(aws, "m")
+    )
+    aws.wait_for_rotations()
+    assert [e["detail"]["eventName"] for e in _drain(aws, only_succeeded)] == ["RotationSucceeded"]
+    assert _drain(aws, other_secret) == []
+
+
+def test_drop_events_loses_them(aws: AwsEmulator) -> None:
+    arn = _plain_secret(aws)
+    url = _rule_to_queue(aws, {"source": ["aws.secretsmanager"]})
+    aws.drop_events = True
+    try:
+        aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString="v2")
+    finally:
+        aws.drop_events = False
+    assert _drain(aws, url) == []
+    assert ("AWS API Call via CloudTrail", "PutSecretValue", arn) in aws.dropped_events
+    aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString="v3")
+    assert [e["detail"]["eventName"] for e in _drain(aws, url)] == ["PutSecretValue"]
+
+
+def test_long_poll_does_not_block_other_requests(aws: AwsEmulator) -> None:
+    import threading
+
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=f"lp-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    received: list[Any] = []
+    poller = threading.Thread(
+        target=lambda: received.append(
+            sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20).get("Messages", [])
+        )
+    )
+    poller.start()
+    # While the poll waits, the server answers others; the message ends the wait.
+    _plain_secret(aws)
+    aws.client("sqs").send_message(QueueUrl=url, MessageBody="hello")
+    poller.join(25)
+    assert not poller.is_alive()
+    assert [m["Body"] for m in received[0]] == ["hello"]
+
+
+def test_plain_moto_sends_no_secrets_manager_events() -> None:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        events = boto3.client("events", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        events.put_rule(Name="r", EventPattern=json.dumps({"source": ["aws.secretsmanager"]}))
+        events.put_targets(Rule="r", Targets=[{"Id": "q", "Arn": arn}])
+        boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+            Name="s", SecretString="v"
+        )
+        assert sqs.receive_message(QueueUrl=url).get("Messages", []) == []

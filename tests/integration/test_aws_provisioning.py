@@ -131,6 +131,7 @@ def _ensure(aws: AwsEmulator, name: str, user: str, uid: str, kms: str | None = 
         "keyrotor.io/cluster": "c",
         "keyrotor.io/namespace": "ns",
         "keyrotor.io/name": "app",
+        "keyrotor.io/iam-user": user,  # the rotation Lambda refuses a secret without it
         TAG_UID: uid,
     }
     sm = aws.client("secretsmanager")

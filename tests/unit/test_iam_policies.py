@@ -11,6 +11,7 @@ import io
 import json
 import re
 from contextlib import redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ def params(**changes: Any) -> policies.PolicyParams:
 
 
 CREATED = params(kms_keys=(KEY,))
+EVENTS = params(kms_keys=(KEY,), event_mode=True)
+GIVEN_QUEUE = f"arn:aws:sqs:eu-west-1:{ACCOUNT}:platform-secret-events"
 GIVEN = params(kms_keys=(KEY,), lambda_role_arn=GIVEN_ROLE)
 
 
@@ -65,6 +68,7 @@ def allows(document: dict[str, Any], action: str, resource: str) -> bool:
 
 SERVICES = {"iam": "iam", "sm": "secretsmanager", "secretsmanager": "secretsmanager"}
 SERVICES |= {"lambda_": "lambda", "sts": "sts", "_iam_client": "iam"}
+SERVICES |= {"sqs": "sqs", "events": "events"}  # event mode (keyrotor.aws.eventing)
 # Calls that need more than their own action: tags given at creation, a role handed to Lambda.
 IMPLIED = {
     "secretsmanager:CreateSecret": {"secretsmanager:TagResource"},
@@ -121,8 +125,15 @@ def operator_sources() -> list[Path]:
 
 
 def test_the_operator_policy_grants_exactly_what_the_operator_calls() -> None:
-    called = aws_actions_called(operator_sources())
+    every_call = aws_actions_called(operator_sources())
     kms = {"kms:Decrypt", "kms:GenerateDataKey"}  # Secrets Manager's calls on our behalf
+    # Event mode's actions only with --event-mode; only consuming a queue the user names.
+    event_mode = {a for a in every_call if a.startswith(("sqs:", "events:"))}
+    assert policies.actions_of(policies.operator_policy(EVENTS)) == every_call | kms
+    ensure_queue = {"sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"}
+    given_queue = policies.operator_policy(replace(EVENTS, event_queue_arn=GIVEN_QUEUE))
+    assert policies.actions_of(given_queue) == (every_call - ensure_queue) | kms
+    called = every_call - event_mode
     assert policies.actions_of(policies.operator_policy(CREATED)) == called | kms
     role_writing = {"iam:CreateRole", "iam:PutRolePolicy", "iam:TagRole"}
     role_reading = {"iam:GetRole", "iam:GetRolePolicy"}
@@ -179,7 +190,9 @@ def test_nothing_reaches_another_installation(mode: policies.PolicyParams) -> No
         )
 
 
-@pytest.mark.parametrize("mode", [CREATED, GIVEN], ids=["created-role", "given-role"])
+@pytest.mark.parametrize(
+    "mode", [CREATED, GIVEN, EVENTS], ids=["created-role", "given-role", "event-mode"]
+)
 def test_only_list_secrets_has_an_unscoped_resource(mode: policies.PolicyParams) -> None:
     # These actions have no resource type: AWS allows only "*".
     unscoped = [
@@ -600,3 +613,44 @@ def test_the_operator_may_write_every_tag_it_puts_on_its_secrets() -> None:
     from keyrotor.refusals import KEYROTOR_TAGS
 
     assert {*KEYROTOR_TAGS, MANAGED_BY_LABEL} <= set(policies.SECRET_TAG_KEYS)
+
+
+def test_event_mode_reaches_only_its_own_rule_and_queue() -> None:
+    operator = policies.operator_policy(EVENTS)
+    rule = f"arn:aws:events:eu-west-1:{ACCOUNT}:rule/keyrotor-prod-secrets"
+    queue = f"arn:aws:sqs:eu-west-1:{ACCOUNT}:keyrotor-prod-events"
+    for action in ("events:PutRule", "events:PutTargets", "events:DescribeRule"):
+        assert allows(operator, action, rule)
+        assert not allows(operator, action, rule.replace("-prod-", "-prod-eu-"))
+        assert not allows(operator, action, rule.replace("rule/", "rule/other-bus/"))
+    for action in ("sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:ReceiveMessage"):
+        assert allows(operator, action, queue)
+        assert not allows(operator, action, queue.replace("-prod-", "-pro-"))
+    # Nothing of event mode without it; a given queue is consumed, not created or changed.
+    assert not {a for a in policies.actions_of(policies.operator_policy(CREATED))} & {
+        "events:PutRule",
+        "sqs:ReceiveMessage",
+    }
+    given = policies.operator_policy(replace(EVENTS, event_queue_arn=GIVEN_QUEUE))
+    assert allows(given, "sqs:ReceiveMessage", GIVEN_QUEUE)
+    assert not allows(given, "sqs:ReceiveMessage", queue)
+    assert not granting(given, "sqs:SetQueueAttributes")
+
+
+def test_policy_command_takes_event_mode_and_the_queue_url() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "policy",
+            "--cluster-name",
+            "prod",
+            "--region",
+            "eu-west-1",
+            "--account-id",
+            ACCOUNT,
+            "--event-mode",
+            "--event-queue-url",
+            f"https://sqs.eu-west-1.amazonaws.com/{ACCOUNT}/platform-secret-events",
+        ]
+    )
+    p = policy_command.params_from_args(args)
+    assert p.event_mode and p.event_queue_arn == GIVEN_QUEUE

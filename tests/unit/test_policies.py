@@ -667,3 +667,22 @@ def test_the_mirrored_keys_creation_time_reaches_the_index_from_the_secret() -> 
     assert plan.index.access_key_id == "AKIA2" and plan.index.key_created == created
     stale = replace(target, access_key_id="AKIA1")
     assert policies.plan(spec(), observe(target=stale), NOW).index.key_created is None
+
+
+def test_rotation_stopped_by_another_active_key_says_which_and_what_to_do() -> None:
+    stuck = secret(pending_versions=["v3"], versions=["v2", "v3"])
+    old = NOW - timedelta(days=30)
+    keys = {"AKIA2": ("Active", old), "AKIAFOREIGN": ("Active", old)}
+    obs = observe(secret=stuck, pending_ages={"v3": 1000.0}, user_keys=keys)
+    plan = policies.plan(spec(), obs, NOW)
+    assert kinds(plan) == [ClearPending]
+    event = plan.actions[0].event
+    assert event is not None and event.reason == Reason.KEY_IN_USE
+    assert "AKIAFOREIGN" in event.message and "update-access-key" in event.message
+    # Only the mirrored and the previous key: an ordinary stuck rotation.
+    ours = observe(secret=stuck, pending_ages={"v3": 1000.0}, user_keys={"AKIA2": ("Active", old)})
+    assert policies.plan(spec(), ours, NOW).actions[0].event.reason == Reason.ROTATION_STUCK  # type: ignore[union-attr]
+    # The rotation's own half-made key (newer than its pending version) is not someone else's.
+    made = {"AKIA2": ("Active", old), "AKIANEW": ("Active", NOW - timedelta(seconds=900))}
+    own = observe(secret=stuck, pending_ages={"v3": 1000.0}, user_keys=made)
+    assert policies.plan(spec(), own, NOW).actions[0].event.reason == Reason.ROTATION_STUCK  # type: ignore[union-attr]

@@ -19,12 +19,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from keyrotor import errors
 
 if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_iam import IAMClient
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sts import STSClient
 
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 6}, user_agent_extra="keyrotor")
+# A long poll holds the connection for up to 20 s: the read timeout must be longer.
+LONG_POLL_CONFIG = RETRY_CONFIG.merge(Config(read_timeout=40))
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class AwsClients:
     secretsmanager: SecretsManagerClient
     lambda_: LambdaClient
     region: str
+    # Event mode only (made by create, which every operator process uses).
+    sqs: SQSClient | None = None
+    events: EventBridgeClient | None = None
 
     @classmethod
     def create(cls, region: str | None = None) -> AwsClients:
@@ -45,6 +52,8 @@ class AwsClients:
             secretsmanager=session.client("secretsmanager", region_name=name, config=RETRY_CONFIG),
             lambda_=session.client("lambda", region_name=name, config=RETRY_CONFIG),
             region=name,
+            sqs=session.client("sqs", region_name=name, config=LONG_POLL_CONFIG),
+            events=session.client("events", region_name=name, config=RETRY_CONFIG),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from keyrotor import errors
@@ -66,6 +67,19 @@ def untag_user(iam: IAMClient, name: str, keys: list[str]) -> None:
     except Exception as exc:
         if error_code(exc) != "NoSuchEntity":
             raise
+
+
+@aws_errors("iam")
+def access_keys(iam: IAMClient, user: str) -> dict[str, tuple[str, datetime]]:
+    """The user's access key ids, with their status (Active | Inactive) and CreateDate; none
+    when there is no such user."""
+    try:
+        keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+    except Exception as exc:
+        if error_code(exc) == "NoSuchEntity":
+            return {}
+        raise
+    return {k["AccessKeyId"]: (k["Status"], k["CreateDate"]) for k in keys}
 
 
 @aws_errors("iam")

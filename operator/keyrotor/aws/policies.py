@@ -19,6 +19,11 @@ What each grants, and why (each action is one that the code calls; grep the boto
     permissions boundary attached (``iam:PermissionsBoundary``): a compromised operator can at most
     give the role what the boundary allows. Given-role mode (``--lambda-role-arn``) has no
     role-writing action at all.
+    Event mode (``--event-mode``) adds the EventBridge rule ``keyrotor-<cluster>-secrets``
+    (PutRule, DescribeRule, PutTargets, ListTargetsByRule: that rule only) and the SQS queue
+    ``keyrotor-<cluster>-events`` (create it, read and put back its policy, receive and delete
+    messages: that queue only); with a queue the user names (``--event-queue-url``), only
+    GetQueueAttributes, ReceiveMessage and DeleteMessage on that queue.
 ``lambda-role``
     The rotation Lambda's inline policy: the four rotation steps on this installation's secrets,
     access-key actions only on marked users, its own log group, and the allowed KMS keys
@@ -126,6 +131,8 @@ class PolicyParams:
     service_account: str = "keyrotor"
     oidc_provider: str = PLACEHOLDER_OIDC
     eks_cluster_name: str | None = None  # default: cluster_name
+    event_mode: bool = False  # keyrotor run --event-mode: the rule and the queue below
+    event_queue_arn: str | None = None  # --event-queue-url: the user's queue, used as it is
 
     def __post_init__(self) -> None:
         if not (self.user_path.startswith("/") and self.user_path.endswith("/")):
@@ -174,6 +181,14 @@ class PolicyParams:
     @property
     def users_arn(self) -> str:
         return self._arn("iam", f"user{self.user_path}*", region=False)
+
+    @property
+    def event_rule_arn(self) -> str:
+        return self._arn("events", f"rule/keyrotor-{self.cluster_name}-secrets")
+
+    @property
+    def event_queue(self) -> str:
+        return self.event_queue_arn or self._arn("sqs", f"keyrotor-{self.cluster_name}-events")
 
     @property
     def log_group_arn(self) -> str:
@@ -389,7 +404,24 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
                 **_kms_through_secrets_manager(p),
             ),
         ]
+    if p.event_mode:
+        statements += _event_mode_statements(p)
     return _document(*statements)
+
+
+def _event_mode_statements(p: PolicyParams) -> list[dict[str, Any]]:
+    """The rule that sends this installation's Secrets Manager events to its queue, and the
+    queue (keyrotor.aws.eventing)."""
+    rule = _statement(
+        "EnsureItsOwnEventRule",
+        ["events:DescribeRule", "events:ListTargetsByRule", "events:PutRule", "events:PutTargets"],
+        p.event_rule_arn,
+    )
+    consume = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
+    if p.event_queue_arn:  # the user's queue: read and consume it, nothing else
+        return [rule, _statement("ConsumeTheGivenEventQueue", consume, p.event_queue)]
+    ensure = ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"]
+    return [rule, _statement("EnsureAndConsumeItsOwnEventQueue", consume + ensure, p.event_queue)]
 
 
 def _with_kms_key_rule(p: PolicyParams, condition: dict[str, Any]) -> dict[str, Any]:
