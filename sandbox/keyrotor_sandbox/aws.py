@@ -125,16 +125,20 @@ test_packaging.py`` fails on any other.
              lowerCamelCase, secret values hidden, the response's arn/name/versionId), and each
              rotation the emulator runs emits "AWS Service Event via CloudTrail" RotationStarted,
              then RotationSucceeded or RotationFailed (additionalEventData.SecretId = the ARN);
-             shapes in :mod:`keyrotor_sandbox.cloudtrail`. moto's rules match them and deliver
-             to their SQS targets themselves. :attr:`AwsEmulator.drop_events` loses them (a test
-             of the safety net); :attr:`AwsEmulator.emitted_events` records what was sent. A long
-             poll is answered by short receives, the lock released in between.
+             shapes in :mod:`keyrotor_sandbox.cloudtrail`. Every enabled rule of the default bus
+             whose pattern matches delivers them (moto's rules match and send to SQS themselves;
+             moto's own PutEvents would also use disabled rules).
+             :attr:`AwsEmulator.drop_events` loses them (a test of the safety net);
+             :attr:`AwsEmulator.emitted_events` records what was sent. A long poll is answered by
+             short receives, the lock released in between.
    doc:      secretsmanager/latest/userguide/monitoring-eventbridge.html,
              cloudtrail_log_entries.html, eventbridge/latest/userguide/
              eb-service-event-cloudtrail.html, AWSSimpleQueueService/latest/APIReference/
              API_ReceiveMessage.html (WaitTimeSeconds)
    tests:    test_rotation_emits_cloudtrail_events_to_eventbridge_rules,
-             test_drop_events_loses_them, test_long_poll_does_not_block_other_requests
+             test_rules_match_the_events_patterns, test_a_disabled_rule_delivers_nothing,
+             test_drop_events_loses_them, test_long_poll_does_not_block_other_requests,
+             test_plain_moto_sends_no_secrets_manager_events
 
 12. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
@@ -1613,16 +1617,32 @@ class AwsEmulator:
         if self.drop_events:
             self.dropped_events.append(record)
             return
-        from moto.events.models import events_backends
-
         with self._lock:
-            backend = events_backends[self.account_id][self.region]
-            try:
-                backend.put_events([cloudtrail.entry(detail_type, detail)])
-            except Exception:  # a rule's target gone: AWS drops the delivery, not the call
-                logger.warning("event %s of %s not delivered", record[1], secret, exc_info=True)
+            self._deliver(detail_type, detail)
             self.emitted_events.append(record)
         self._notify_queues()
+
+    def _deliver(self, detail_type: str, detail: Mapping[str, Any]) -> None:
+        """What EventBridge does with an event on the default bus: every enabled rule whose
+        pattern matches sends it to its targets (moto's rules do the matching and sending; its
+        PutEvents would also use disabled rules, stop at the first failing target and drop the
+        event's account)."""
+        from moto.events.models import events_backends
+
+        bus = events_backends[self.account_id][self.region].event_buses.get("default")
+        event = cloudtrail.event(
+            detail_type, detail, account_id=self.account_id, region=self.region, at=time.time()
+        )
+        for rule in list(bus.rules.values()) if bus is not None else []:
+            if rule.state != "ENABLED":
+                continue
+            transform = any("InputTransformer" in target for target in rule.targets)
+            # moto's input templating reads ingestion-time; an untransformed event goes as is.
+            message: Any = {**event, "ingestion-time": event["time"]} if transform else event
+            try:
+                rule.send_to_targets(message, transform_input=transform)
+            except Exception:  # a target gone: AWS drops that delivery, not the event
+                logger.warning("rule %s did not deliver %s", rule.name, detail["eventName"])
 
     def _notify_queues(self) -> None:
         with self._queue_activity:

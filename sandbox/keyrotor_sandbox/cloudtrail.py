@@ -109,11 +109,19 @@ def service_event(
     }
 
 
-def entry(detail_type: str, detail: Mapping[str, Any]) -> dict[str, Any]:
-    """A PutEvents entry for moto's events backend."""
+def event(
+    detail_type: str, detail: Mapping[str, Any], *, account_id: str, region: str, at: float
+) -> dict[str, Any]:
+    """The EventBridge event (eventbridge/latest/ref/overiew-event-structure.html); ``time`` as
+    a UNIX timestamp, which moto's targets format."""
     return {
-        "Source": SOURCE,
-        "DetailType": detail_type,
-        "Detail": json.dumps(detail),
-        "Resources": [],
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": SOURCE,
+        "account": account_id,
+        "time": at,
+        "region": region,
+        "resources": [],
+        "detail": json.loads(json.dumps(detail)),
     }

@@ -763,6 +763,7 @@ def test_rotation_emits_cloudtrail_events_to_eventbridge_rules(aws: AwsEmulator)
     assert seen.index((service, "RotationSucceeded")) > seen.index((api, "PutSecretValue"))
     put = next(e for e in events if e["detail"]["eventName"] == "PutSecretValue")
     assert put["source"] == "aws.secretsmanager" and put["region"] == aws.region
+    assert put["account"] == aws.account_id
     assert put["detail"]["requestParameters"]["secretString"] == "HIDDEN_DUE_TO_SECURITY_REASONS"
     assert put["detail"]["requestParameters"]["versionStages"] == ["AWSPENDING"]
     assert put["detail"]["responseElements"]["arn"] == arn
@@ -803,6 +804,18 @@ def test_rules_match_the_events_patterns(aws: AwsEmulator) -> None:
     aws.wait_for_rotations()
     assert [e["detail"]["eventName"] for e in _drain(aws, only_succeeded)] == ["RotationSucceeded"]
     assert _drain(aws, other_secret) == []
+
+
+def test_a_disabled_rule_delivers_nothing(aws: AwsEmulator) -> None:
+    arn = _plain_secret(aws)
+    url = _rule_to_queue(aws, {"source": ["aws.secretsmanager"]})
+    rule = url.rsplit("/", 1)[1]
+    aws.client("events").disable_rule(Name=rule)
+    aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString="v2")
+    assert _drain(aws, url) == []
+    aws.client("events").enable_rule(Name=rule)
+    aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString="v3")
+    assert [e["detail"]["eventName"] for e in _drain(aws, url)] == ["PutSecretValue"]
 
 
 def test_drop_events_loses_them(aws: AwsEmulator) -> None:
