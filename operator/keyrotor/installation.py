@@ -74,6 +74,7 @@ class Installation:
                 partition=self._target.partition,
                 prefix=settings.secret_prefix,
                 kms_keys=settings.kms_keys,
+                allowed_user_globs=tuple(rule.user_glob for rule in settings.allow),
             )
             role_arn = iam.ensure_lambda_role(
                 aws.iam,

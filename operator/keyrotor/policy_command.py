@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from keyrotor.aws import policies
-from keyrotor.settings import NAME_RE
+from keyrotor.settings import NAME_RE, AllowRule, SettingsError
 
 # deploy/examples/iam/: the documents for the kustomize base's installation (cluster my-cluster,
 # us-east-1), placeholders for the account and the OIDC provider. A test keeps them in step.
@@ -80,6 +80,14 @@ def add_parser(commands: Any) -> None:
         help="a KMS key objects may use (repeatable; as keyrotor run --kms-key)",
     )
     parser.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="NAMESPACE:USER_GLOB",
+        help="as keyrotor run --allow: the users it names may be rotated without the "
+        "keyrotor.io/namespaces tag (repeatable; IAM wildcards * and ? only)",
+    )
+    parser.add_argument(
         "--event-mode",
         action=argparse.BooleanOptionalAction,
         default=(_env("EVENT_MODE", "") or "").lower() in ("1", "true", "yes"),
@@ -127,6 +135,11 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
             f"--cluster-name {args.cluster_name!r}: use 1-40 lowercase letters, digits and '-'"
         )
     kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
+    allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    try:
+        rules = [AllowRule.parse(rule) for rule in allow]
+    except SettingsError as exc:
+        raise ValueError(str(exc)) from None
     return policies.PolicyParams(
         cluster_name=args.cluster_name,
         region=args.region,
@@ -136,6 +149,7 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
         lambda_role_arn=args.lambda_role_arn or None,
         kms_keys=tuple(kms_keys),
         user_path=args.user_path,
+        allowed_user_globs=tuple(rule.user_glob for rule in rules),
         operator_namespace=args.operator_namespace,
         service_account=args.service_account,
         oidc_provider=args.oidc_provider,

@@ -39,6 +39,9 @@ class AllowRule:
             raise SettingsError(
                 f"--allow {text!r}: expected NAMESPACE:USER_GLOB, e.g. team-a:team-a-*"
             )
+        if "[" in user_glob or "]" in user_glob:
+            # The IAM policies name these users by ARN, and IAM knows only * and ?.
+            raise SettingsError(f"--allow {text!r}: use * and ? in USER_GLOB, not [...]")
         return cls(namespace=namespace, user_glob=user_glob)
 
     def matches(self, namespace: str, iam_user: str) -> bool:

@@ -154,7 +154,30 @@ test_packaging.py`` fails on any other.
    tests:    test_user_names_are_not_distinguished_by_case,
              test_plain_moto_user_names_are_case_sensitive
 
-Not restored (left as moto does it): authorization (IAM policies are not evaluated; nor is an
+12. IAM authorization, with resources and conditions (for the principals a test names).
+   moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
+             only: resources and most condition keys are not evaluated (moto's "IAM-like Access
+             Control"), so a call on another installation's secret, role or function passes.
+   restored: for the principals given to :meth:`AwsEmulator.enforce_iam` (an IAM user whose
+             access key signs the request, or a role: the rotation Lambda runs with credentials
+             the emulator issues for its execution role), every request is authorized by
+             :mod:`keyrotor_sandbox.iam_authz` against the principal's identity policies (inline
+             and attached) and permissions boundary: the action, the ARN of the secret, function,
+             role or user the request names, and the condition keys the request carries
+             (aws:RequestTag/*, aws:TagKeys, aws:ResourceTag/*, iam:ResourceTag/*,
+             iam:PassedToService, iam:PermissionsBoundary, secretsmanager:KmsKeyId,
+             secretsmanager:RotationLambdaARN, secretsmanager:VersionStage,
+             secretsmanager:ForceDeleteWithoutRecovery, lambda:Principal), with the checks AWS adds
+             (iam:PassRole when a function is given a role, TagResource/TagRole when a resource is
+             created with tags). A refused call gets AccessDenied(Exception) with AWS's message and
+             is recorded in :attr:`AwsEmulator.denials`. CreateRole with a permissions boundary
+             that does not exist is NoSuchEntity.
+   doc:      IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
+             reference_policies_condition-keys.html, access_policies_boundaries.html
+   tests:    tests/integration/test_aws_emulator_authz.py
+
+Not restored (left as moto does it): authorization of principals not given to enforce_iam
+(fix 12; IAM policies are not evaluated for them; nor is an
 SQS queue policy when EventBridge delivers), CloudTrail's delivery delay (events arrive at once;
 on AWS, seconds to minutes, best effort), a queue's ReceiveMessageWaitTimeSeconds (a long poll
 must name WaitTimeSeconds), the
@@ -166,7 +189,8 @@ takes after the other one was deleted is not documented by AWS (keyrotor matches
 creation time, never by slot number).
 
 The access key id ``testing`` (:data:`ROOT_ACCESS_KEY_ID`) stands for the account's
-administrator, the operator and the Lambda's execution role; it is not checked.
+administrator (and for the operator, unless a test gives it an IAM user of its own); it is not
+checked.
 
 Test support: :attr:`AwsEmulator.calls` records every API call the server handled,
 :attr:`AwsEmulator.faults` injects failures at the HTTP layer in each service's wire protocol,
@@ -201,7 +225,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import botocore.session
@@ -216,7 +240,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from keyrotor_sandbox import cloudtrail
+from keyrotor_sandbox import cloudtrail, iam_authz
+from keyrotor_sandbox.iam_authz import Request, is_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +273,16 @@ class Call(NamedTuple):
     service: str
     operation: str
     step: str | None = None
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A request that IAM authorization (fix 12) refused."""
+
+    principal: str
+    action: str
+    resource: str
+    context: Mapping[str, Any]
 
 
 class CallLog:
@@ -423,11 +458,16 @@ class _LambdaBoto3:
     environment; here they come from this object, so no thread touches ``os.environ``.
     """
 
-    def __init__(self, emulator: AwsEmulator, step: str) -> None:
+    def __init__(self, emulator: AwsEmulator, step: str, role_arn: str | None = None) -> None:
         self._emulator = emulator
         self._step = step
+        self._role_arn = role_arn
 
     def client(self, service_name: str, **kwargs: Any) -> Any:
+        if self._role_arn and "aws_access_key_id" not in kwargs:
+            # The execution role's session credentials, as the Lambda runtime provides them.
+            key_id, secret = self._emulator.role_credentials(self._role_arn)
+            kwargs.update(aws_access_key_id=key_id, aws_secret_access_key=secret)
         client = self._emulator.client(service_name, **kwargs)
 
         def mark(request: Any, **_: Any) -> None:
@@ -568,6 +608,29 @@ def _install_moto_patches() -> None:
         setattr(iam_models.IAMBackend, "get_user", get_user)  # noqa: B010
         setattr(iam_models.IAMBackend, "delete_user", delete_user)  # noqa: B010
         setattr(iam_models.IAMBackend, "create_access_key", create_access_key)  # noqa: B010
+
+        from moto.iam.models import IAMBackend
+
+        original_create_role = IAMBackend.create_role
+
+        def create_role(
+            self: Any,
+            role_name: str,
+            assume: str,
+            path: str,
+            boundary: Any,
+            *args: Any,
+            **kwargs: Any,
+        ) -> Any:
+            # Fix 12: a permissions boundary must be an existing policy, as in IAM.
+            known = {p.arn for p in self.managed_policies.values()}
+            if _active() is not None and boundary and boundary not in known:
+                from moto.iam.exceptions import NotFoundException
+
+                raise NotFoundException(f"Policy {boundary} does not exist or is not attachable.")
+            return original_create_role(self, role_name, assume, path, boundary, *args, **kwargs)
+
+        setattr(IAMBackend, "create_role", create_role)  # noqa: B010
         setattr(IamResponse, "generate_credential_report", generate_credential_report)  # noqa: B010
         setattr(IamResponse, "get_credential_report", get_credential_report)  # noqa: B010
         setattr(backend_cls, "rotate_secret", rotate_secret)  # noqa: B010
@@ -884,9 +947,14 @@ class _EmulatorApp:
         emulator = self._emulator
         emulator.calls.record(Call(service, operation, step))
 
-        refusal = emulator._authenticate(environ, body, credential)
+        refusal, principal = emulator._authenticate(environ, body, credential)
         if refusal is not None:
             return self._reply(start_response, _error_response(service, *refusal))
+        if principal is not None and principal in emulator.enforced:
+            denied = emulator._authorize(principal, service, operation, environ, body)
+            if denied is not None:
+                code = _error_code(service, "AccessDenied")
+                return self._reply(start_response, _error_response(service, code, denied))
 
         rule = emulator.faults._take("api", service, operation, step)
         message = f"keyrotor sandbox: injected fault in {operation}"
@@ -1020,6 +1088,10 @@ class AwsEmulator:
         self.endpoint_url = ""
         # Seconds between finishSecret (AWSCURRENT moved) and LastRotatedDate being recorded.
         self.record_rotation_delay = 0.0
+        # IAM authorization (fix 12): the principals it is evaluated for, and what it refused.
+        self.enforced: set[str] = set()
+        self.denials: list[Denial] = []
+        self._role_keys: dict[str, tuple[str, str]] = {}  # access key id -> (role ARN, secret)
         # Seconds a credential report takes to generate (INPROGRESS meanwhile); fix 9.
         self.credential_report_seconds = 0.0
         self._credential_reports: dict[str, _CredentialReport] = {}
@@ -1140,6 +1212,26 @@ class AwsEmulator:
                 started.append(secret.arn)
         return started
 
+    def enforce_iam(self, principal_arn: str) -> None:
+        """Evaluate IAM policies (fix 12) for every request of this user or role."""
+        with self._lock:
+            self.enforced.add(principal_arn)
+
+    def role_credentials(self, role_arn: str) -> tuple[str, str]:
+        """Session credentials of a role, as Lambda (or STS) would hand them to its code."""
+        with self._lock:
+            for key_id, (arn, secret) in self._role_keys.items():
+                if arn == role_arn:
+                    return key_id, secret
+            key_id = "ASIA" + uuid.uuid4().hex[:16].upper()
+            secret = uuid.uuid4().hex + uuid.uuid4().hex
+            self._role_keys[key_id] = (role_arn, secret)
+            return key_id, secret
+
+    def denials_of(self, principal_arn: str) -> list[Denial]:
+        with self._lock:
+            return [d for d in self.denials if d.principal == principal_arn]
+
     def reset(self) -> None:
         """An empty account: every service emptied (moto's /moto-api/reset), no credential
         report. Waits for running rotations first."""
@@ -1232,37 +1324,276 @@ class AwsEmulator:
             }
         )
 
+    # internals: authorization (fix 12)
+
+    def _authorize(
+        self, principal: str, service: str, operation: str, environ: Mapping[str, Any], body: bytes
+    ) -> str | None:
+        """None when the principal's policies allow the request, else AWS's refusal message."""
+        if service == "sts":
+            return None  # GetCallerIdentity needs no permission; nothing else is called
+        with self._lock:
+            requests = self._authorization_requests(principal, service, operation, environ, body)
+            policies, boundary = self._principal_policies(principal)
+        for request in requests:
+            if is_allowed(policies, request, boundary):
+                continue
+            denial = Denial(principal, request.action, request.resource, dict(request.context))
+            with self._lock:
+                self.denials.append(denial)
+            kind = "user" if ":user/" in principal else "role"
+            logger.warning("IAM authorization refused %s", denial)
+            return (
+                f"User: {principal} is not authorized to perform: {request.action} on resource: "
+                f"{request.resource} because no identity-based policy allows the "
+                f"{request.action} action"
+                + (" (or the role's permissions boundary does not)" if kind == "role" else "")
+            )
+        return None
+
+    def _principal_policies(self, principal: str) -> tuple[list[Any], Any]:
+        from moto.iam.models import iam_backends
+
+        iam = iam_backends[self.account_id]["aws"]
+        name = principal.rsplit("/", 1)[-1]
+        boundary: Any = None
+        if ":user/" in principal:
+            entity: Any = iam.users.get(name)
+        else:
+            try:
+                entity = iam.get_role(name)
+            except Exception:
+                entity = None
+            if entity is not None and entity.permissions_boundary_arn:
+                boundary = self._managed_document(entity.permissions_boundary_arn) or {
+                    "Statement": []
+                }
+        if entity is None:
+            return [], None
+        documents = [iam_authz.load(d) for d in entity.policies.values()]
+        for policy in entity.managed_policies.values():
+            documents.append(self._managed_document(policy.arn) or {"Statement": []})
+        return documents, boundary
+
+    def _managed_document(self, arn: str) -> Any:
+        from moto.iam.models import iam_backends
+
+        iam = iam_backends[self.account_id]["aws"]
+        policy = next((p for p in iam.managed_policies.values() if p.arn == arn), None)
+        if policy is None:
+            return None
+        for version in policy.versions:
+            if version.version_id == policy.default_version_id:
+                return iam_authz.load(version.document)
+        return None
+
+    def _authorization_requests(
+        self, principal: str, service: str, operation: str, environ: Mapping[str, Any], body: bytes
+    ) -> list[Request]:
+        protocol = _protocol(service)
+        if protocol in ("query", "ec2"):
+            form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+            params: dict[str, Any] = {k: v[0] for k, v in form.items()}
+        else:
+            try:
+                params = json.loads(body) if body else {}
+            except ValueError:
+                params = {}
+        action = f"{service}:{operation}"
+        if service == "secretsmanager":
+            return self._secrets_requests(action, operation, params)
+        if service == "lambda":
+            path = unquote(
+                urlsplit(str(environ.get("RAW_URI") or environ.get("PATH_INFO", ""))).path
+            )
+            return self._lambda_requests(action, operation, params, path)
+        if service == "iam":
+            return self._iam_requests(principal, action, operation, params)
+        if service == "events":
+            name = str(params.get("Name") or params.get("Rule") or "")
+            bus = str(params.get("EventBusName") or "default")
+            rule = f"rule/{name}" if bus == "default" else f"rule/{bus}/{name}"
+            if name:
+                return [Request(action, f"arn:aws:events:{self.region}:{self.account_id}:{rule}")]
+        if service == "sqs":
+            queue = (
+                str(params.get("QueueName") or "")
+                or str(params.get("QueueUrl") or "").rstrip("/").rsplit("/", 1)[-1]
+            )
+            if queue:
+                return [Request(action, f"arn:aws:sqs:{self.region}:{self.account_id}:{queue}")]
+        return [Request(action, "*")]
+
+    @staticmethod
+    def _tag_context(tags: Iterable[Mapping[str, str]]) -> dict[str, Any]:
+        tags = list(tags)
+        context: dict[str, Any] = {f"aws:RequestTag/{t['Key']}": t["Value"] for t in tags}
+        context["aws:TagKeys"] = [t["Key"] for t in tags]
+        return context
+
+    def _secrets_requests(
+        self, action: str, operation: str, params: Mapping[str, Any]
+    ) -> list[Request]:
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        if operation in ("ListSecrets", "BatchGetSecretValue", "GetRandomPassword"):
+            return [Request(action, "*")]
+        backend = secretsmanager_backends[self.account_id][self.region]
+        secret_id = str(params.get("SecretId") or params.get("Name") or "")
+        # moto's SecretsStore resolves an ARN in `in` and `[]`, not in `get`.
+        secret = backend.secrets[secret_id] if secret_id in backend.secrets else None  # noqa: SIM401
+        arn = (
+            secret.arn
+            if secret is not None
+            else f"arn:aws:secretsmanager:{self.region}:{self.account_id}:secret:{secret_id}-AbCdEf"
+        )
+        context: dict[str, Any] = {}
+        for tag in (getattr(secret, "tags", None) or []) if secret is not None else []:
+            context[f"aws:ResourceTag/{tag['Key']}"] = tag["Value"]
+            context[f"secretsmanager:ResourceTag/{tag['Key']}"] = tag["Value"]
+        if operation == "TagResource" or (operation == "CreateSecret" and params.get("Tags")):
+            context.update(self._tag_context(params.get("Tags") or []))
+        if operation == "UntagResource":
+            context["aws:TagKeys"] = list(params.get("TagKeys") or [])
+        for param, key in (
+            ("KmsKeyId", "secretsmanager:KmsKeyId"),
+            ("RotationLambdaARN", "secretsmanager:RotationLambdaARN"),
+            ("VersionStage", "secretsmanager:VersionStage"),
+        ):
+            if params.get(param):
+                context[key] = str(params[param])
+        if "ForceDeleteWithoutRecovery" in params:
+            context["secretsmanager:ForceDeleteWithoutRecovery"] = str(
+                bool(params["ForceDeleteWithoutRecovery"])
+            ).lower()
+        requests = [Request(action, arn, context)]
+        if operation == "CreateSecret" and params.get("Tags"):
+            requests.append(Request("secretsmanager:TagResource", arn, context))
+        return requests
+
+    def _lambda_requests(
+        self, action: str, operation: str, params: Mapping[str, Any], path: str
+    ) -> list[Request]:
+        match = re.search(r"/functions/([^/]+)", path)
+        name = match.group(1) if match else str(params.get("FunctionName") or "")
+        if operation == "TagResource":
+            tagged = re.search(r"/tags/(.+)$", path)
+            name = tagged.group(1) if tagged else name
+        arn = (
+            name.split(":qualifier")[0]
+            if name.startswith("arn:")
+            else f"arn:aws:lambda:{self.region}:{self.account_id}:function:{name}"
+        )
+        context: dict[str, Any] = {}
+        if operation == "AddPermission" and params.get("Principal"):
+            context["lambda:Principal"] = str(params["Principal"])
+        if params.get("Tags"):
+            context.update(
+                self._tag_context({"Key": k, "Value": v} for k, v in dict(params["Tags"]).items())
+            )
+        requests = [Request(action, arn, context)]
+        if operation == "CreateFunction" and params.get("Tags"):
+            requests.append(Request("lambda:TagResource", arn, context))
+        if operation in ("CreateFunction", "UpdateFunctionConfiguration") and params.get("Role"):
+            requests.append(
+                Request(
+                    "iam:PassRole",
+                    str(params["Role"]),
+                    {"iam:PassedToService": "lambda.amazonaws.com"},
+                )
+            )
+        return requests
+
+    def _iam_requests(
+        self, principal: str, action: str, operation: str, params: Mapping[str, Any]
+    ) -> list[Request]:
+        from moto.iam.models import iam_backends
+
+        iam = iam_backends[self.account_id]["aws"]
+        context: dict[str, Any] = {}
+        tags = [
+            {
+                "Key": params[f"Tags.member.{n}.Key"],
+                "Value": params.get(f"Tags.member.{n}.Value", ""),
+            }
+            for n in range(1, 51)
+            if f"Tags.member.{n}.Key" in params
+        ]
+        if tags:
+            context.update(self._tag_context(tags))
+        tag_keys = [
+            params[f"TagKeys.member.{n}"] for n in range(1, 51) if f"TagKeys.member.{n}" in params
+        ]
+        if tag_keys:
+            context["aws:TagKeys"] = tag_keys
+        if "UserName" in params or operation == "GetUser":
+            name = str(params.get("UserName") or principal.rsplit("/", 1)[-1])
+            user = iam.users.get(name)
+            path = user.path if user is not None else "/"
+            for tag in (user.tags or []) if user is not None else []:
+                context[f"iam:ResourceTag/{tag['Key']}"] = tag["Value"]
+                context[f"aws:ResourceTag/{tag['Key']}"] = tag["Value"]
+            return [Request(action, f"arn:aws:iam::{self.account_id}:user{path}{name}", context)]
+        if "RoleName" in params:
+            name = str(params["RoleName"])
+            try:
+                role: Any = iam.get_role(name)
+            except Exception:
+                role = None
+            path = role.path if role is not None else str(params.get("Path") or "/")
+            arn = f"arn:aws:iam::{self.account_id}:role{path}{name}"
+            if operation == "CreateRole" and params.get("PermissionsBoundary"):
+                context["iam:PermissionsBoundary"] = str(params["PermissionsBoundary"])
+            elif role is not None and role.permissions_boundary_arn:
+                context["iam:PermissionsBoundary"] = role.permissions_boundary_arn
+            requests = [Request(action, arn, context)]
+            if operation == "CreateRole" and tags:
+                requests.append(Request("iam:TagRole", arn, context))
+            return requests
+        return [Request(action, "*", context)]
+
     # internals: authentication
 
     def _authenticate(
         self, environ: Mapping[str, Any], body: bytes, credential: re.Match[str]
-    ) -> tuple[str, str] | None:
-        """None when the request may proceed, else (error code, message)."""
+    ) -> tuple[tuple[str, str] | None, str | None]:
+        """(None, principal ARN or None for the administrator) when the request may proceed,
+        else ((error code, message), None)."""
         key_id, _, region, service = credential.groups()
         if key_id == ROOT_ACCESS_KEY_ID:
-            return None
+            return None, None
         from moto.iam.models import iam_backends
 
         with self._lock:
             found = None
-            for account in list(iam_backends.keys()):
-                iam = iam_backends[account]["aws"]
-                for user in list(iam.users.values()):
-                    for key in user.access_keys:
-                        if key.access_key_id == key_id:
-                            found = key
-        if found is None or found.status != "Active":
+            principal = None
+            session = self._role_keys.get(key_id)
+            if session is not None:
+                principal, secret = session
+            else:
+                for account in list(iam_backends.keys()):
+                    iam = iam_backends[account]["aws"]
+                    for user in list(iam.users.values()):
+                        for key in user.access_keys:
+                            if key.access_key_id == key_id:
+                                found, principal = key, user.arn
+        if session is None and (found is None or found.status != "Active"):
             return (
                 "InvalidClientTokenId",
                 "The security token included in the request is invalid.",
-            )
-        if not self._signature_matches(environ, body, found.secret_access_key, region, service):
+            ), None
+        if session is not None:
+            secret = session[1]
+        else:
+            assert found is not None
+            secret = found.secret_access_key
+        if not self._signature_matches(environ, body, secret, region, service):
             return (
                 "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided. "
                 "Check your AWS Secret Access Key and signing method.",
-            )
-        return None
+            ), None
+        return None, principal
 
     @staticmethod
     def _signature_matches(
@@ -1538,10 +1869,17 @@ class AwsEmulator:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         if hasattr(module, "boto3"):
-            setattr(module, "boto3", _LambdaBoto3(self, step))  # noqa: B010
+            setattr(module, "boto3", _LambdaBoto3(self, step, self._lambda_role(lambda_arn)))  # noqa: B010
         getattr(module, handler_name)(event, _LambdaContext(lambda_arn))
         if crash is not None:
             raise InjectedLambdaCrash(f"keyrotor sandbox: injected crash after {step}")
+
+    def _lambda_role(self, lambda_arn: str) -> str | None:
+        from moto.awslambda.utils import get_backend
+
+        with self._lock:
+            function = get_backend(self.account_id, self.region).get_function(lambda_arn)
+            return str(function.role) if getattr(function, "role", None) else None
 
     def _lambda_code(self, lambda_arn: str) -> tuple[str, str, bytes]:
         from moto.awslambda.utils import get_backend

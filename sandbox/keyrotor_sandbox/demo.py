@@ -8,6 +8,7 @@ server (etcd + kube-apiserver: keyrotor_sandbox.kube), both on loopback; the ope
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from keyrotor.aws import policies
 from keyrotor.model import GROUP, PLURAL, VERSION
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer, repo_root
@@ -140,10 +142,13 @@ def _demo_loop(aws: AwsEmulator, kube: KubeApiServer, workdir: Path) -> None:
         ),
     )
 
+    step("Giving the operator its AWS identity: `keyrotor policy` documents, and no more")
+    aws_environ = _least_privilege_operator(aws)
+
     step("Starting the operator: keyrotor run --cluster-name demo")
     operator = OperatorProcess(
         kubeconfig=kube.operator_kubeconfig,
-        aws_environ=aws.environ(),
+        aws_environ=aws_environ,
         args=["--cluster-name", "demo", "--sync-interval", "10", "--focus-interval", "1"],
         log_path=workdir / "operator.log",
     ).start()
@@ -211,10 +216,45 @@ def _demo_loop(aws: AwsEmulator, kube: KubeApiServer, workdir: Path) -> None:
             lambda: _secret_gone(core), "the mirrored Secret to be garbage-collected", timeout=60
         )
         say("    the mirrored Secret went with its owner (garbage collection)")
+        aws.wait_for_rotations()
+        if aws.denials:
+            raise DemoFailed(f"a call outside the IAM policies was refused: {aws.denials[0]}")
+        say("    every AWS call of the operator and the Lambda was within their policies")
     finally:
         operator.stop()
         api.close()
     step("Done: emulated AWS and the API server are stopped and their data removed.")
+
+
+def _least_privilege_operator(aws: AwsEmulator) -> dict[str, str]:
+    """As an AWS administrator would: the permissions boundary first, then an identity for the
+    operator holding exactly the operator policy. The emulator evaluates the policies of the
+    operator and of the rotation role it creates on every call (its fix 12)."""
+    params = policies.PolicyParams(
+        cluster_name="demo", region=aws.region, account_id=aws.account_id
+    )
+    iam = aws.client("iam")
+    iam.create_policy(
+        PolicyName=policies.boundary_name("demo"),
+        PolicyDocument=json.dumps(policies.permissions_boundary(params)),
+    )
+    arn = iam.create_user(UserName="keyrotor-operator")["User"]["Arn"]
+    iam.put_user_policy(
+        UserName="keyrotor-operator",
+        PolicyName="keyrotor-operator",
+        PolicyDocument=json.dumps(policies.operator_policy(params)),
+    )
+    key = iam.create_access_key(UserName="keyrotor-operator")["AccessKey"]
+    aws.enforce_iam(arn)
+    aws.enforce_iam(params.role_arn)
+    actions = len(policies.actions_of(policies.operator_policy(params)))
+    say(f"    boundary {params.boundary_arn}")
+    say(f"    operator {arn}: {actions} actions, on installation demo's resources only")
+    return {
+        **aws.environ(),
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
 
 
 def _deployment() -> client.V1Deployment:

@@ -254,7 +254,10 @@ def test_lambda_role_is_created_with_the_permissions_boundary(
     aws: AwsEmulator, names: dict[str, str]
 ) -> None:
     client = aws.client("iam")
-    boundary = f"arn:aws:iam::{aws.account_id}:policy/{names['role']}-boundary"
+    boundary = client.create_policy(
+        PolicyName=f"{names['role']}-boundary",
+        PolicyDocument=json.dumps(_policy(aws, names["function"])),
+    )["Policy"]["Arn"]
     policy = _policy(aws, names["function"])
     iam.ensure_lambda_role(client, role_name=names["role"], policy=policy, boundary_arn=boundary)
     role = client.get_role(RoleName=names["role"])["Role"]

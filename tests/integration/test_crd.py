@@ -840,7 +840,6 @@ def test_operator_rbac_grants_what_the_operator_needs(
     assert refused == []
     cluster_wide = [
         *[(v, "customresourcedefinitions", "apiextensions.k8s.io") for v in ("list", "watch")],
-        *[(v, "namespaces", "") for v in ("list", "watch")],
     ]
     refused_cluster_wide = [
         n for n in cluster_wide if not operator_may(kube_admin_api, *n, namespace="")
@@ -869,6 +868,7 @@ def test_operator_rbac_grants_no_more(kube_admin_api: Any, operator_rbac: None) 
         ("create", "serviceaccounts", "", "token"),
         ("update", "customresourcedefinitions", "apiextensions.k8s.io", ""),
         ("delete", "namespaces", "", ""),
+        ("list", "namespaces", "", ""),
         ("escalate", "clusterroles", "rbac.authorization.k8s.io", ""),
     ]
     allowed = [

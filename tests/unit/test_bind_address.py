@@ -25,3 +25,8 @@ def test_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_host_name_is_refused() -> None:
     with pytest.raises(SettingsError, match="--bind-address"):
         Settings(bind_address="localhost; rm")
+
+
+def test_allow_globs_use_only_what_iam_understands() -> None:
+    with pytest.raises(SettingsError, match="--allow"):
+        settings_from_args(build_parser().parse_args(["run", "--allow", "a:team-[ab]"]))

@@ -254,11 +254,43 @@ def test_the_role_is_passed_to_lambda_only() -> None:
 
 def test_only_secrets_manager_may_be_allowed_to_invoke_the_function() -> None:
     operator = policies.operator_policy(CREATED)
-    for action in ("lambda:AddPermission", "lambda:RemovePermission"):
-        (statement,) = granting(operator, action)
-        assert statement["Condition"] == {
-            "StringEquals": {"lambda:Principal": "secretsmanager.amazonaws.com"}
-        }
+    (add,) = granting(operator, "lambda:AddPermission")
+    assert add["Condition"] == {
+        "StringEquals": {"lambda:Principal": "secretsmanager.amazonaws.com"}
+    }
+    assert add["Resource"] == CREATED.function_arn
+    (remove,) = granting(operator, "lambda:RemovePermission")
+    assert remove["Resource"] == CREATED.function_arn and "Condition" not in remove
+
+
+def test_allow_rules_name_users_without_the_tag() -> None:
+    """--allow NAMESPACE:USER_GLOB is the operator's other way to mark users: the same user
+    actions on the users the globs name, without the tag condition; nothing else widens."""
+    ruled = params(allowed_user_globs=("team-a-*", "svc-?"))
+    arns = [f"arn:aws:iam::{ACCOUNT}:user/svc-?", f"arn:aws:iam::{ACCOUNT}:user/team-a-*"]
+    for document in (policies.operator_policy(ruled), policies.lambda_role_policy(ruled)):
+        extra = [s for s in statements(document) if s["Sid"].endswith("AllowedByRule")]
+        assert extra and all(s["Resource"] == arns for s in extra)
+        for statement in extra:
+            twin = next(
+                t for t in statements(document) if t["Sid"] + "AllowedByRule" == statement["Sid"]
+            )
+            assert twin["Action"] == statement["Action"]
+            assert NAMESPACES_TAG not in json.dumps(statement.get("Condition", {}))
+    (claims,) = [
+        s
+        for s in statements(policies.operator_policy(ruled))
+        if s["Sid"] == "ClaimMarkedUsersWithItsClaimTagsOnlyAllowedByRule"
+    ]
+    assert claims["Condition"]["ForAllValues:StringEquals"] == {
+        "aws:TagKeys": [CLAIM_TAG, CLAIM_OBJECT_TAG]
+    }
+    with pytest.raises(ValueError, match=r"\* and \?"):
+        params(allowed_user_globs=("team-[ab]",))
+    printed = json.loads(
+        run_cli("--cluster-name", "prod", "--allow", "team-a:team-a-*", "--document", "lambda-role")
+    )
+    assert "arn:aws:iam::ACCOUNT_ID:user/team-a-*" in json.dumps(printed)
 
 
 def test_secrets_rotate_only_with_this_installations_function() -> None:
@@ -574,6 +606,13 @@ def test_readme_install_section_uses_keyrotor_policy() -> None:
     for document in (policies.OPERATOR, policies.BOUNDARY, policies.LAMBDA_ROLE):
         assert f"--document {document}" in install
     assert "deploy/examples/iam" in install
+
+
+def test_the_operator_may_write_every_tag_it_puts_on_its_secrets() -> None:
+    from keyrotor.model import MANAGED_BY_LABEL
+    from keyrotor.refusals import KEYROTOR_TAGS
+
+    assert {*KEYROTOR_TAGS, MANAGED_BY_LABEL} <= set(policies.SECRET_TAG_KEYS)
 
 
 def test_event_mode_reaches_only_its_own_rule_and_queue() -> None:

@@ -54,6 +54,7 @@ from keyrotor.model import (
     NAMESPACES_TAG,
     TAG_CLUSTER,
     TAG_IAM_USER,
+    TAG_INSTALLATION,
     TAG_NAME,
     TAG_NAMESPACE,
     TAG_UID,
@@ -84,6 +85,7 @@ DOCUMENT_NAMES: Final = (
 # the function it creates, and (claims) on IAM users.
 SECRET_TAG_KEYS: Final = (
     TAG_CLUSTER,
+    TAG_INSTALLATION,
     TAG_NAMESPACE,
     TAG_NAME,
     TAG_UID,
@@ -122,6 +124,9 @@ class PolicyParams:
     lambda_role_arn: str | None = None
     kms_keys: tuple[str, ...] = ()  # key ARNs objects may use (spec.secretsManager.kmsKeyId)
     user_path: str = "/"  # IAM path of the users keyrotor may rotate
+    # --allow NAMESPACE:USER_GLOB rules: users the platform team allowed in the operator's
+    # configuration instead of the IAM tag (IAM wildcards * and ? only).
+    allowed_user_globs: tuple[str, ...] = ()
     operator_namespace: str = "keyrotor-system"
     service_account: str = "keyrotor"
     oidc_provider: str = PLACEHOLDER_OIDC
@@ -132,6 +137,9 @@ class PolicyParams:
     def __post_init__(self) -> None:
         if not (self.user_path.startswith("/") and self.user_path.endswith("/")):
             raise ValueError(f"IAM path {self.user_path!r} must begin and end with '/'")
+        for glob in self.allowed_user_globs:
+            if not glob or "[" in glob or "]" in glob:
+                raise ValueError(f"--allow user glob {glob!r}: IAM matches * and ? only; use those")
         for key in self.kms_keys:
             if not _is_kms_key_arn(key):
                 raise ValueError(
@@ -218,9 +226,20 @@ def _document(*statements: dict[str, Any]) -> dict[str, Any]:
     return {"Version": POLICY_VERSION, "Statement": list(statements)}
 
 
-def _marked_user() -> dict[str, dict[str, str]]:
-    """The IAM user carries keyrotor.io/namespaces: an administrator marked it for keyrotor."""
-    return {"Null": {f"iam:ResourceTag/{NAMESPACES_TAG}": "false"}}
+def _user_statements(
+    p: PolicyParams, sid: str, actions: list[str], condition: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Users an administrator marked with the keyrotor.io/namespaces tag; and, when the operator
+    has --allow rules, the users those rules name (without the tag)."""
+    marked = {k: dict(v) for k, v in condition.items()}
+    marked.setdefault("Null", {})[f"iam:ResourceTag/{NAMESPACES_TAG}"] = "false"
+    statements = [_statement(sid, actions, p.users_arn, **marked)]
+    if p.allowed_user_globs:
+        arns = [p._arn("iam", f"user{p.user_path}{g}", region=False) for g in p.allowed_user_globs]
+        statements.append(
+            _statement(f"{sid}AllowedByRule", actions, sorted(set(arns)), **condition)
+        )
+    return statements
 
 
 def _kms_through_secrets_manager(p: PolicyParams) -> dict[str, Any]:
@@ -313,10 +332,12 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
         ),
         _statement(
             "LetOnlySecretsManagerInvokeIt",
-            ["lambda:AddPermission", "lambda:RemovePermission"],
+            ["lambda:AddPermission"],
             p.function_arn,
             StringEquals={"lambda:Principal": "secretsmanager.amazonaws.com"},
         ),
+        # Taking a permission away grants nothing (and its request names no principal).
+        _statement("RemoveAnInvokePermission", ["lambda:RemovePermission"], p.function_arn),
         _statement(
             "PassTheRotationRoleToLambdaOnly",
             ["iam:PassRole"],
@@ -324,26 +345,26 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
             StringEquals={"iam:PassedToService": "lambda.amazonaws.com"},
         ),
         # Reading any user under the path lets the operator say why an object is refused
-        # (no such user, not marked for this namespace); it reveals no secret.
-        _statement("ReadUsers", ["iam:GetUser", "iam:ListUserTags"], p.users_arn),
-        # A mirrored key's CreateDate is how the credential report knows it (it has no key ids):
-        # read once per new key (keyrotor.aws.credential_report.key_created).
+        # (no such user, not marked for this namespace); it reveals no secret. ListAccessKeys
+        # (key ids, states, dates): a mirrored key's CreateDate is how the credential report
+        # knows it (keyrotor.aws.credential_report.key_created). Not conditioned on the tag: a
+        # user deleted meanwhile has no tags, and must answer NoSuchEntity, not AccessDenied.
         _statement(
-            "ReadKeyDatesOfMarkedUsersOnly", ["iam:ListAccessKeys"], p.users_arn, **_marked_user()
+            "ReadUsers", ["iam:GetUser", "iam:ListUserTags", "iam:ListAccessKeys"], p.users_arn
         ),
-        _statement(
+        *_user_statements(
+            p,
             "HandlePreviousKeysOfMarkedUsersOnly",
             ["iam:UpdateAccessKey", "iam:DeleteAccessKey"],
-            p.users_arn,
-            **_marked_user(),
+            {},
         ),
-        _statement(
+        *_user_statements(
+            p,
             "ClaimMarkedUsersWithItsClaimTagsOnly",
             ["iam:TagUser", "iam:UntagUser"],
-            p.users_arn,
-            **{
+            {
                 "ForAllValues:StringEquals": {"aws:TagKeys": list(CLAIM_TAG_KEYS)},
-                "Null": {"aws:TagKeys": "false", f"iam:ResourceTag/{NAMESPACES_TAG}": "false"},
+                "Null": {"aws:TagKeys": "false"},
             },
         ),
     ]
@@ -426,16 +447,11 @@ def _lambda_statements(p: PolicyParams) -> list[dict[str, Any]]:
             ],
             p.secrets_arn,
         ),
-        _statement(
+        *_user_statements(
+            p,
             "ManageAccessKeysOfMarkedUsersOnly",
-            [
-                "iam:GetUser",
-                "iam:ListAccessKeys",
-                "iam:CreateAccessKey",
-                "iam:DeleteAccessKey",
-            ],
-            p.users_arn,
-            **_marked_user(),
+            ["iam:GetUser", "iam:ListAccessKeys", "iam:CreateAccessKey", "iam:DeleteAccessKey"],
+            {},
         ),
         _statement("CreateItsOwnLogGroup", ["logs:CreateLogGroup"], p.log_group_arn),
         _statement(

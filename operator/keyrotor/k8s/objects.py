@@ -38,6 +38,12 @@ def patch_status(
 
 @kube_errors
 def kube_system_uid(kube: KubeApis) -> str:
-    """The kube-system namespace's uid: unique per cluster, stable for the cluster's life."""
-    listed = kube.core.list_namespace(field_selector="metadata.name=kube-system").items
-    return str(listed[0].metadata.uid) if listed else ""
+    """The kube-system namespace's uid: unique per cluster, stable for the cluster's life.
+    A get by name: RBAC can grant exactly this namespace (resourceNames), a list it cannot."""
+    try:
+        namespace = kube.core.read_namespace("kube-system")
+    except Exception as exc:
+        if is_status(exc, 404):
+            return ""
+        raise
+    return str(namespace.metadata.uid)
