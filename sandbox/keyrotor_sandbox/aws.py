@@ -139,21 +139,6 @@ test_packaging.py`` fails on any other.
              test_rules_match_the_events_patterns, test_a_disabled_rule_delivers_nothing,
              test_drop_events_loses_them, test_long_poll_does_not_block_other_requests,
              test_plain_moto_sends_no_secrets_manager_events
-13. IAM user names are not distinguished by case.
-   moto:     user names are case-sensitive: CreateUser makes ``svc`` next to ``Svc``, and
-             GetUser, ListUserTags, TagUser, UntagUser, ListAccessKeys, CreateAccessKey,
-             UpdateAccessKey, DeleteAccessKey, DeleteUser (...) with another spelling answer
-             NoSuchEntity.
-   restored: CreateUser refuses a name that differs from an existing user's only by case
-             (EntityAlreadyExists); every call that names a user (moto's ``get_user`` lookup,
-             and DeleteUser) finds it whatever the case, and GetUser answers with the name as it
-             was created (the canonical one).
-   doc:      IAM/latest/APIReference/API_CreateUser.html (UserName: "User names are not
-             distinguished by case. For example, you cannot create users named both
-             \"John\" and \"john\""), IAM/latest/UserGuide/reference_iam-quotas.html
-   tests:    test_user_names_are_not_distinguished_by_case,
-             test_plain_moto_user_names_are_case_sensitive
-
 12. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
              only: resources and most condition keys are not evaluated (moto's "IAM-like Access
@@ -175,6 +160,21 @@ test_packaging.py`` fails on any other.
    doc:      IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
              reference_policies_condition-keys.html, access_policies_boundaries.html
    tests:    tests/integration/test_aws_emulator_authz.py
+13. IAM user names are not distinguished by case.
+   moto:     user names are case-sensitive: CreateUser makes ``svc`` next to ``Svc``, and
+             GetUser, ListUserTags, TagUser, UntagUser, ListAccessKeys, CreateAccessKey,
+             UpdateAccessKey, DeleteAccessKey, DeleteUser (...) with another spelling answer
+             NoSuchEntity.
+   restored: CreateUser refuses a name that differs from an existing user's only by case
+             (EntityAlreadyExists); every call that names a user (moto's ``get_user`` lookup,
+             and DeleteUser) finds it whatever the case, and GetUser answers with the name as it
+             was created (the canonical one). Fix 12 authorizes a call that names a user in
+             another spelling on that user (its ARN and tags as created).
+   doc:      IAM/latest/APIReference/API_CreateUser.html (UserName: "IAM user, group, role, and
+             policy names must be unique within the account. Names are not distinguished by
+             case."), IAM/latest/UserGuide/reference_iam-quotas.html
+   tests:    test_user_names_are_not_distinguished_by_case,
+             test_plain_moto_user_names_are_case_sensitive
 
 Not restored (left as moto does it): authorization of principals not given to enforce_iam
 (fix 12; IAM policies are not evaluated for them; nor is an
@@ -1528,6 +1528,7 @@ class AwsEmulator:
             context["aws:TagKeys"] = tag_keys
         if "UserName" in params or operation == "GetUser":
             name = str(params.get("UserName") or principal.rsplit("/", 1)[-1])
+            name = _user_name_as_created(iam, name) or name  # fix 13: any spelling, one user
             user = iam.users.get(name)
             path = user.path if user is not None else "/"
             for tag in (user.tags or []) if user is not None else []:
