@@ -140,7 +140,7 @@ test_packaging.py`` fails on any other.
              test_drop_events_loses_them, test_long_poll_does_not_block_other_requests,
              test_plain_moto_sends_no_secrets_manager_events
 
-12. IAM authorization, with resources and conditions (for the principals a test names).
+13. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
              only: resources and most condition keys are not evaluated (moto's "IAM-like Access
              Control"), so a call on another installation's secret, role or function passes.
@@ -163,7 +163,7 @@ test_packaging.py`` fails on any other.
    tests:    tests/integration/test_aws_emulator_authz.py
 
 Not restored (left as moto does it): authorization of principals not given to enforce_iam
-(fix 12; IAM policies are not evaluated for them; nor is an
+(fix 13; IAM policies are not evaluated for them; nor is an
 SQS queue policy when EventBridge delivers), CloudTrail's delivery delay (events arrive at once;
 on AWS, seconds to minutes, best effort), a queue's ReceiveMessageWaitTimeSeconds (a long poll
 must name WaitTimeSeconds), the
@@ -263,7 +263,7 @@ class Call(NamedTuple):
 
 @dataclass(frozen=True)
 class Denial:
-    """A request that IAM authorization (fix 12) refused."""
+    """A request that IAM authorization (fix 13) refused."""
 
     principal: str
     action: str
@@ -1038,7 +1038,7 @@ class AwsEmulator:
         self.endpoint_url = ""
         # Seconds between finishSecret (AWSCURRENT moved) and LastRotatedDate being recorded.
         self.record_rotation_delay = 0.0
-        # IAM authorization (fix 12): the principals it is evaluated for, and what it refused.
+        # IAM authorization (fix 13): the principals it is evaluated for, and what it refused.
         self.enforced: set[str] = set()
         self.denials: list[Denial] = []
         self._role_keys: dict[str, tuple[str, str]] = {}  # access key id -> (role ARN, secret)
@@ -1163,7 +1163,7 @@ class AwsEmulator:
         return started
 
     def enforce_iam(self, principal_arn: str) -> None:
-        """Evaluate IAM policies (fix 12) for every request of this user or role."""
+        """Evaluate IAM policies (fix 13) for every request of this user or role."""
         with self._lock:
             self.enforced.add(principal_arn)
 
@@ -1274,7 +1274,7 @@ class AwsEmulator:
             }
         )
 
-    # internals: authorization (fix 12)
+    # internals: authorization (fix 13)
 
     def _authorize(
         self, principal: str, service: str, operation: str, environ: Mapping[str, Any], body: bytes
