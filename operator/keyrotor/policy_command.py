@@ -72,6 +72,12 @@ def add_parser(commands: Any) -> None:
         default=_env("LAMBDA_ROLE_ARN"),
         help="given-role mode: the operator uses this role and gets no IAM role-writing action",
     )
+    _add_mode_arguments(parser)
+    _add_identity_arguments(parser)
+
+
+def _add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The installation's mode: KMS keys, --allow rules, event mode, as keyrotor run has them."""
     parser.add_argument(
         "--kms-key",
         action="append",
@@ -99,6 +105,10 @@ def add_parser(commands: Any) -> None:
         help="as keyrotor run --event-queue-url: grant consuming that queue instead of "
         "creating keyrotor-<cluster-name>-events",
     )
+
+
+def _add_identity_arguments(parser: argparse.ArgumentParser) -> None:
+    """Whose users, which operator identity, and where the documents go."""
     parser.add_argument(
         "--user-path",
         default="/",

@@ -139,7 +139,8 @@ test_packaging.py`` fails on any other.
              test_rules_match_the_events_patterns, test_a_disabled_rule_delivers_nothing,
              test_drop_events_loses_them, test_long_poll_does_not_block_other_requests,
              test_plain_moto_sends_no_secrets_manager_events
-12. IAM authorization, with resources and conditions (for the principals a test names).
+
+13. IAM authorization, with resources and conditions (for the principals a test names).
    moto:     authorization is off; turned on (INITIAL_NO_AUTH_ACTION_COUNT), it matches actions
              only: resources and most condition keys are not evaluated (moto's "IAM-like Access
              Control"), so a call on another installation's secret, role or function passes.
@@ -160,7 +161,8 @@ test_packaging.py`` fails on any other.
    doc:      IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
              reference_policies_condition-keys.html, access_policies_boundaries.html
    tests:    tests/integration/test_aws_emulator_authz.py
-13. IAM user names are not distinguished by case.
+
+14. IAM user names are not distinguished by case.
    moto:     user names are case-sensitive: CreateUser makes ``svc`` next to ``Svc``, and
              GetUser, ListUserTags, TagUser, UntagUser, ListAccessKeys, CreateAccessKey,
              UpdateAccessKey, DeleteAccessKey, DeleteUser (...) with another spelling answer
@@ -168,7 +170,7 @@ test_packaging.py`` fails on any other.
    restored: CreateUser refuses a name that differs from an existing user's only by case
              (EntityAlreadyExists); every call that names a user (moto's ``get_user`` lookup,
              and DeleteUser) finds it whatever the case, and GetUser answers with the name as it
-             was created (the canonical one). Fix 12 authorizes a call that names a user in
+             was created (the canonical one). Fix 13 authorizes a call that names a user in
              another spelling on that user (its ARN and tags as created).
    doc:      IAM/latest/APIReference/API_CreateUser.html (UserName: "IAM user, group, role, and
              policy names must be unique within the account. Names are not distinguished by
@@ -177,7 +179,7 @@ test_packaging.py`` fails on any other.
              test_plain_moto_user_names_are_case_sensitive
 
 Not restored (left as moto does it): authorization of principals not given to enforce_iam
-(fix 12; IAM policies are not evaluated for them; nor is an
+(fix 13; IAM policies are not evaluated for them; nor is an
 SQS queue policy when EventBridge delivers), CloudTrail's delivery delay (events arrive at once;
 on AWS, seconds to minutes, best effort), a queue's ReceiveMessageWaitTimeSeconds (a long poll
 must name WaitTimeSeconds), the
@@ -277,7 +279,7 @@ class Call(NamedTuple):
 
 @dataclass(frozen=True)
 class Denial:
-    """A request that IAM authorization (fix 12) refused."""
+    """A request that IAM authorization (fix 13) refused."""
 
     principal: str
     action: str
@@ -580,7 +582,7 @@ def _install_moto_patches() -> None:
                 key.create_date = key.create_date.replace(microsecond=0)
             return key
 
-        # Fix 13: user names are not distinguished by case.
+        # Fix 14: user names are not distinguished by case.
         original_create_user = iam_models.IAMBackend.create_user
         original_get_user = iam_models.IAMBackend.get_user
         original_delete_user = iam_models.IAMBackend.delete_user
@@ -641,7 +643,7 @@ def _install_moto_patches() -> None:
 
 
 def _user_name_as_created(backend: Any, name: str) -> str | None:
-    """The existing user's name that equals ``name`` but for case (fix 13); None if none."""
+    """The existing user's name that equals ``name`` but for case (fix 14); None if none."""
     if name in backend.users:
         return name
     folded = name.lower()
@@ -1088,7 +1090,7 @@ class AwsEmulator:
         self.endpoint_url = ""
         # Seconds between finishSecret (AWSCURRENT moved) and LastRotatedDate being recorded.
         self.record_rotation_delay = 0.0
-        # IAM authorization (fix 12): the principals it is evaluated for, and what it refused.
+        # IAM authorization (fix 13): the principals it is evaluated for, and what it refused.
         self.enforced: set[str] = set()
         self.denials: list[Denial] = []
         self._role_keys: dict[str, tuple[str, str]] = {}  # access key id -> (role ARN, secret)
@@ -1213,7 +1215,7 @@ class AwsEmulator:
         return started
 
     def enforce_iam(self, principal_arn: str) -> None:
-        """Evaluate IAM policies (fix 12) for every request of this user or role."""
+        """Evaluate IAM policies (fix 13) for every request of this user or role."""
         with self._lock:
             self.enforced.add(principal_arn)
 
@@ -1324,7 +1326,7 @@ class AwsEmulator:
             }
         )
 
-    # internals: authorization (fix 12)
+    # internals: authorization (fix 13)
 
     def _authorize(
         self, principal: str, service: str, operation: str, environ: Mapping[str, Any], body: bytes
@@ -1528,7 +1530,7 @@ class AwsEmulator:
             context["aws:TagKeys"] = tag_keys
         if "UserName" in params or operation == "GetUser":
             name = str(params.get("UserName") or principal.rsplit("/", 1)[-1])
-            name = _user_name_as_created(iam, name) or name  # fix 13: any spelling, one user
+            name = _user_name_as_created(iam, name) or name  # fix 14: any spelling, one user
             user = iam.users.get(name)
             path = user.path if user is not None else "/"
             for tag in (user.tags or []) if user is not None else []:

@@ -229,7 +229,7 @@ def _demo_loop(aws: AwsEmulator, kube: KubeApiServer, workdir: Path) -> None:
 def _least_privilege_operator(aws: AwsEmulator) -> dict[str, str]:
     """As an AWS administrator would: the permissions boundary first, then an identity for the
     operator holding exactly the operator policy. The emulator evaluates the policies of the
-    operator and of the rotation role it creates on every call (its fix 12)."""
+    operator and of the rotation role it creates on every call (its fix 13)."""
     params = policies.PolicyParams(
         cluster_name="demo", region=aws.region, account_id=aws.account_id
     )

@@ -89,7 +89,7 @@ def test_claim_of_a_cluster_with_the_same_name_is_not_taken_over(keyrotor: Harne
 
 
 def test_case_variants_of_a_user_name_are_one_claim(keyrotor: Harness) -> None:
-    """Issue 8 (6): IAM user names are not distinguished by case (the emulator's fix 13), so
+    """Issue 8 (6): IAM user names are not distinguished by case (the emulator's fix 14), so
     ``Svc-x`` and ``svc-x`` are one user and one claim: the second object is a Conflict, gets
     no key and no secret, and takes the user once the first is gone."""
     first_ns, second_ns = keyrotor.namespace(), keyrotor.namespace()

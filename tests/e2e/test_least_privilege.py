@@ -1,5 +1,5 @@
 """The operator and the rotation Lambda run with exactly the generated IAM documents, and the
-AWS emulator evaluates them (fix 12 of keyrotor_sandbox.aws): every call the whole e2e suite
+AWS emulator evaluates them (fix 13 of keyrotor_sandbox.aws): every call the whole e2e suite
 makes is allowed (tests.fixtures.operator.Harness.stop fails on any refusal), and a call on
 another installation's secret, role or function, or on an unmarked user, is refused."""
 

@@ -717,7 +717,7 @@ def test_plain_moto_create_date_has_microseconds() -> None:
     assert any(date.microsecond for date in dates)
 
 
-# -- fix 13: user names are not distinguished by case -------------------------------------------
+# -- fix 14: user names are not distinguished by case -------------------------------------------
 
 
 def test_user_names_are_not_distinguished_by_case(aws: AwsEmulator) -> None:
@@ -752,7 +752,7 @@ def test_user_names_are_not_distinguished_by_case(aws: AwsEmulator) -> None:
 
 
 def test_plain_moto_user_names_are_case_sensitive() -> None:
-    """Why fix 13 exists (when this fails, drop fix 13)."""
+    """Why fix 14 exists (when this fails, drop fix 14)."""
     with mock_aws():
         iam = boto3.client("iam", region_name="us-east-1")
         iam.create_user(UserName="Svc")

@@ -466,7 +466,7 @@ def test_a_value_naming_another_user_mints_no_key_for_it(
 def test_a_value_naming_the_user_in_another_case_is_rotated(
     aws: AwsEmulator, rotation_lambda_arn: str
 ) -> None:
-    """Issue 8 (6): IAM user names are not distinguished by case (the emulator's fix 13). The
+    """Issue 8 (6): IAM user names are not distinguished by case (the emulator's fix 14). The
     operator tags the secret with the name as IAM spells it; the value has the object's
     spelling. They name one user, so the rotation goes ahead, for that user."""
     user = f"Matrix-{uuid.uuid4().hex[:12]}"

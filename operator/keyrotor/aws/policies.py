@@ -44,391 +44,65 @@ What each grants, and why (each action is one that the code calls; grep the boto
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from keyrotor.model import (
-    CLAIM_OBJECT_TAG,
-    CLAIM_TAG,
-    MANAGED_BY_LABEL,
-    NAMESPACES_TAG,
-    TAG_CLUSTER,
-    TAG_IAM_USER,
-    TAG_INSTALLATION,
-    TAG_NAME,
-    TAG_NAMESPACE,
-    TAG_UID,
-)
-
-POLICY_VERSION: Final = "2012-10-17"
-ROLE_POLICY_NAME: Final = "keyrotor-rotation"
-PLACEHOLDER_ACCOUNT: Final = "ACCOUNT_ID"
-PLACEHOLDER_OIDC: Final = "OIDC_PROVIDER"  # e.g. oidc.eks.eu-west-1.amazonaws.com/id/ABC123
-
-# Names of the documents, in the order ``keyrotor policy`` prints them.
-OPERATOR: Final = "operator"
-LAMBDA_ROLE: Final = "lambda-role"
-LAMBDA_TRUST: Final = "lambda-trust"
-BOUNDARY: Final = "boundary"
-IRSA_TRUST: Final = "irsa-trust"
-POD_IDENTITY_TRUST: Final = "pod-identity-trust"
-DOCUMENT_NAMES: Final = (
-    OPERATOR,
+from keyrotor.aws.operator_policy import operator_policy
+from keyrotor.aws.policy_params import (
+    BOUNDARY,
+    CLAIM_TAG_KEYS,
+    DOCUMENT_NAMES,
+    IRSA_TRUST,
     LAMBDA_ROLE,
     LAMBDA_TRUST,
-    BOUNDARY,
-    IRSA_TRUST,
+    OPERATOR,
+    PLACEHOLDER_ACCOUNT,
+    PLACEHOLDER_OIDC,
     POD_IDENTITY_TRUST,
+    POLICY_VERSION,
+    RESOURCE_TAG_KEYS,
+    ROLE_POLICY_NAME,
+    SECRET_TAG_KEYS,
+    PolicyParams,
+    boundary_name,
+    document,
+    function_name,
+    kms_through_secrets_manager,
+    role_name,
+    secret_prefix,
+    statement,
+    user_statements,
 )
 
-# Tags the operator writes: on its secrets (at CreateSecret and TagResource), on the role and
-# the function it creates, and (claims) on IAM users.
-SECRET_TAG_KEYS: Final = (
-    TAG_CLUSTER,
-    TAG_INSTALLATION,
-    TAG_NAMESPACE,
-    TAG_NAME,
-    TAG_UID,
-    TAG_IAM_USER,
-    MANAGED_BY_LABEL,
-)
-CLAIM_TAG_KEYS: Final = (CLAIM_TAG, CLAIM_OBJECT_TAG)
-RESOURCE_TAG_KEYS: Final = (MANAGED_BY_LABEL,)
-
-
-def function_name(cluster_name: str) -> str:
-    return f"keyrotor-{cluster_name}-rotation"
-
-
-def role_name(cluster_name: str) -> str:
-    return f"keyrotor-{cluster_name}-rotation"
-
-
-def boundary_name(cluster_name: str) -> str:
-    return f"keyrotor-{cluster_name}-rotation-boundary"
-
-
-def secret_prefix(cluster_name: str) -> str:
-    return f"keyrotor/{cluster_name}/"
-
-
-@dataclass(frozen=True)
-class PolicyParams:
-    """What the documents depend on. ``lambda_role_arn`` set: given-role mode."""
-
-    cluster_name: str
-    region: str
-    account_id: str = PLACEHOLDER_ACCOUNT
-    partition: str = "aws"
-    prefix: str | None = None  # default keyrotor/<cluster>/
-    lambda_role_arn: str | None = None
-    kms_keys: tuple[str, ...] = ()  # key ARNs objects may use (spec.secretsManager.kmsKeyId)
-    user_path: str = "/"  # IAM path of the users keyrotor may rotate
-    # --allow NAMESPACE:USER_GLOB rules: users the platform team allowed in the operator's
-    # configuration instead of the IAM tag (IAM wildcards * and ? only).
-    allowed_user_globs: tuple[str, ...] = ()
-    operator_namespace: str = "keyrotor-system"
-    service_account: str = "keyrotor"
-    oidc_provider: str = PLACEHOLDER_OIDC
-    eks_cluster_name: str | None = None  # default: cluster_name
-    event_mode: bool = False  # keyrotor run --event-mode: the rule and the queue below
-    event_queue_arn: str | None = None  # --event-queue-url: the user's queue, used as it is
-
-    def __post_init__(self) -> None:
-        if not (self.user_path.startswith("/") and self.user_path.endswith("/")):
-            raise ValueError(f"IAM path {self.user_path!r} must begin and end with '/'")
-        for glob in self.allowed_user_globs:
-            if not glob or "[" in glob or "]" in glob:
-                raise ValueError(f"--allow user glob {glob!r}: IAM matches * and ? only; use those")
-        for key in self.kms_keys:
-            if not _is_kms_key_arn(key):
-                raise ValueError(
-                    f"KMS key {key!r}: give the key's ARN (arn:<partition>:kms:<region>:"
-                    f"<account>:key/<id>)"
-                )
-
-    @property
-    def secret_prefix(self) -> str:
-        return self.prefix or secret_prefix(self.cluster_name)
-
-    @property
-    def created_role(self) -> bool:
-        return not self.lambda_role_arn
-
-    def _arn(self, service: str, resource: str, *, region: bool = True) -> str:
-        where = self.region if region else ""
-        return f"arn:{self.partition}:{service}:{where}:{self.account_id}:{resource}"
-
-    @property
-    def secrets_arn(self) -> str:
-        # Secrets Manager appends "-" and six random characters to a secret's name.
-        return self._arn("secretsmanager", f"secret:{self.secret_prefix}*")
-
-    @property
-    def function_arn(self) -> str:
-        return self._arn("lambda", f"function:{function_name(self.cluster_name)}")
-
-    @property
-    def role_arn(self) -> str:
-        return self.lambda_role_arn or self._arn(
-            "iam", f"role/{role_name(self.cluster_name)}", region=False
-        )
-
-    @property
-    def boundary_arn(self) -> str:
-        return self._arn("iam", f"policy/{boundary_name(self.cluster_name)}", region=False)
-
-    @property
-    def users_arn(self) -> str:
-        return self._arn("iam", f"user{self.user_path}*", region=False)
-
-    @property
-    def event_rule_arn(self) -> str:
-        return self._arn("events", f"rule/keyrotor-{self.cluster_name}-secrets")
-
-    @property
-    def event_queue(self) -> str:
-        return self.event_queue_arn or self._arn("sqs", f"keyrotor-{self.cluster_name}-events")
-
-    @property
-    def log_group_arn(self) -> str:
-        return self._arn("logs", f"log-group:/aws/lambda/{function_name(self.cluster_name)}")
-
-
-def _is_kms_key_arn(text: str) -> bool:
-    parts = text.split(":", 5)
-    return (
-        len(parts) == 6
-        and parts[0] == "arn"
-        and parts[2] == "kms"
-        and bool(parts[3])
-        and bool(parts[4])
-        and parts[5].startswith("key/")
-        and len(parts[5]) > len("key/")
-    )
-
-
-def _statement(
-    sid: str, actions: list[str], resources: list[str] | str, **condition: Any
-) -> dict[str, Any]:
-    statement: dict[str, Any] = {
-        "Sid": sid,
-        "Effect": "Allow",
-        "Action": sorted(actions) if len(actions) > 1 else actions[0],
-        "Resource": resources,
-    }
-    if condition:
-        statement["Condition"] = condition
-    return statement
-
-
-def _document(*statements: dict[str, Any]) -> dict[str, Any]:
-    return {"Version": POLICY_VERSION, "Statement": list(statements)}
-
-
-def _user_statements(
-    p: PolicyParams, sid: str, actions: list[str], condition: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Users an administrator marked with the keyrotor.io/namespaces tag; and, when the operator
-    has --allow rules, the users those rules name (without the tag)."""
-    marked = {k: dict(v) for k, v in condition.items()}
-    marked.setdefault("Null", {})[f"iam:ResourceTag/{NAMESPACES_TAG}"] = "false"
-    statements = [_statement(sid, actions, p.users_arn, **marked)]
-    if p.allowed_user_globs:
-        arns = [p._arn("iam", f"user{p.user_path}{g}", region=False) for g in p.allowed_user_globs]
-        statements.append(
-            _statement(f"{sid}AllowedByRule", actions, sorted(set(arns)), **condition)
-        )
-    return statements
-
-
-def _kms_through_secrets_manager(p: PolicyParams) -> dict[str, Any]:
-    return {
-        "StringEquals": {"kms:ViaService": f"secretsmanager.{p.region}.amazonaws.com"},
-        "StringLike": {"kms:EncryptionContext:SecretARN": p.secrets_arn},
-    }
-
-
-# --- the operator ----------------------------------------------------------------------------
-
-
-def operator_policy(p: PolicyParams) -> dict[str, Any]:
-    statements = [
-        _statement(
-            "ReadInstallationSecrets",
-            [
-                "secretsmanager:DescribeSecret",
-                "secretsmanager:GetSecretValue",
-                "secretsmanager:ListSecretVersionIds",
-            ],
-            p.secrets_arn,
-        ),
-        _statement(
-            "CreateInstallationSecretsTaggedAsItsOwn",
-            ["secretsmanager:CreateSecret"],
-            p.secrets_arn,
-            **_with_kms_key_rule(
-                p,
-                {
-                    "StringEquals": {f"aws:RequestTag/{TAG_CLUSTER}": p.cluster_name},
-                    "ForAllValues:StringEquals": {"aws:TagKeys": list(SECRET_TAG_KEYS)},
-                },
-            ),
-        ),
-        _statement(
-            "TagInstallationSecretsWithKeyrotorTagsOnly",
-            ["secretsmanager:TagResource"],
-            p.secrets_arn,
-            **{
-                "ForAllValues:StringEquals": {"aws:TagKeys": list(SECRET_TAG_KEYS)},
-                "Null": {"aws:TagKeys": "false"},
-            },
-        ),
-        _statement(
-            "ManageInstallationSecrets",
-            ["secretsmanager:CancelRotateSecret", "secretsmanager:RestoreSecret"],
-            p.secrets_arn,
-        ),
-        _statement(
-            "ClearOnlyAwspendingOfInstallationSecrets",
-            ["secretsmanager:UpdateSecretVersionStage"],
-            p.secrets_arn,
-            StringEquals={"secretsmanager:VersionStage": "AWSPENDING"},
-        ),
-        _statement(
-            "DeleteInstallationSecretsOnlyWithARecoveryWindow",
-            ["secretsmanager:DeleteSecret"],
-            p.secrets_arn,
-            BoolIfExists={"secretsmanager:ForceDeleteWithoutRecovery": "false"},
-        ),
-        _statement(
-            "RotateInstallationSecretsWithItsOwnFunctionOnly",
-            ["secretsmanager:RotateSecret"],
-            p.secrets_arn,
-            ArnEqualsIfExists={"secretsmanager:RotationLambdaARN": p.function_arn},
-        ),
-        # ListSecrets has no resource type: AWS allows only "*". It returns metadata (names,
-        # tags, version stages), never values; the operator filters by its installation tag.
-        _statement("ListSecretsCannotBeScoped", ["secretsmanager:ListSecrets"], "*"),
-        # Dead-key detection reads IAM's credential report (keyrotor.aws.credential_report):
-        # every user's key states in one call. Neither action has a resource type: only "*".
-        _statement(
-            "CredentialReportCannotBeScoped",
-            ["iam:GenerateCredentialReport", "iam:GetCredentialReport"],
-            "*",
-        ),
-        _statement(
-            "ManageItsOwnRotationFunction",
-            [
-                "lambda:GetFunction",
-                "lambda:GetFunctionConfiguration",
-                "lambda:CreateFunction",
-                "lambda:UpdateFunctionCode",
-                "lambda:UpdateFunctionConfiguration",
-                "lambda:GetPolicy",
-                "lambda:TagResource",
-            ],
-            p.function_arn,
-        ),
-        _statement(
-            "LetOnlySecretsManagerInvokeIt",
-            ["lambda:AddPermission"],
-            p.function_arn,
-            StringEquals={"lambda:Principal": "secretsmanager.amazonaws.com"},
-        ),
-        # Taking a permission away grants nothing (and its request names no principal).
-        _statement("RemoveAnInvokePermission", ["lambda:RemovePermission"], p.function_arn),
-        _statement(
-            "PassTheRotationRoleToLambdaOnly",
-            ["iam:PassRole"],
-            p.role_arn,
-            StringEquals={"iam:PassedToService": "lambda.amazonaws.com"},
-        ),
-        # Reading any user under the path lets the operator say why an object is refused
-        # (no such user, not marked for this namespace); it reveals no secret. ListAccessKeys
-        # (key ids, states, dates): a mirrored key's CreateDate is how the credential report
-        # knows it (keyrotor.aws.credential_report.key_created). Not conditioned on the tag: a
-        # user deleted meanwhile has no tags, and must answer NoSuchEntity, not AccessDenied.
-        _statement(
-            "ReadUsers", ["iam:GetUser", "iam:ListUserTags", "iam:ListAccessKeys"], p.users_arn
-        ),
-        *_user_statements(
-            p,
-            "HandlePreviousKeysOfMarkedUsersOnly",
-            ["iam:UpdateAccessKey", "iam:DeleteAccessKey"],
-            {},
-        ),
-        *_user_statements(
-            p,
-            "ClaimMarkedUsersWithItsClaimTagsOnly",
-            ["iam:TagUser", "iam:UntagUser"],
-            {
-                "ForAllValues:StringEquals": {"aws:TagKeys": list(CLAIM_TAG_KEYS)},
-                "Null": {"aws:TagKeys": "false"},
-            },
-        ),
-    ]
-    if p.created_role:
-        boundary = {"ArnEquals": {"iam:PermissionsBoundary": p.boundary_arn}}
-        statements += [
-            _statement("ReadTheRotationRole", ["iam:GetRole", "iam:GetRolePolicy"], p.role_arn),
-            _statement(
-                "WriteTheRotationRoleOnlyWithItsBoundary",
-                ["iam:CreateRole", "iam:PutRolePolicy"],
-                p.role_arn,
-                **boundary,
-            ),
-            _statement(
-                "TagTheRotationRoleWithKeyrotorTagsOnly",
-                ["iam:TagRole"],
-                p.role_arn,
-                **{
-                    "ForAllValues:StringEquals": {"aws:TagKeys": list(RESOURCE_TAG_KEYS)},
-                    "Null": {"aws:TagKeys": "false"},
-                },
-            ),
-        ]
-    if p.kms_keys:
-        statements += [
-            # UpdateSecret is called only to move a secret to an allowed key.
-            _statement(
-                "MoveInstallationSecretsToAllowedKmsKeysOnly",
-                ["secretsmanager:UpdateSecret"],
-                p.secrets_arn,
-                StringEquals={"secretsmanager:KmsKeyId": list(p.kms_keys)},
-            ),
-            _statement(
-                "UseAllowedKmsKeysThroughSecretsManagerOnly",
-                ["kms:Decrypt", "kms:GenerateDataKey"],
-                list(p.kms_keys),
-                **_kms_through_secrets_manager(p),
-            ),
-        ]
-    if p.event_mode:
-        statements += _event_mode_statements(p)
-    return _document(*statements)
-
-
-def _event_mode_statements(p: PolicyParams) -> list[dict[str, Any]]:
-    """The rule that sends this installation's Secrets Manager events to its queue, and the
-    queue (keyrotor.aws.eventing)."""
-    rule = _statement(
-        "EnsureItsOwnEventRule",
-        ["events:DescribeRule", "events:ListTargetsByRule", "events:PutRule", "events:PutTargets"],
-        p.event_rule_arn,
-    )
-    consume = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
-    if p.event_queue_arn:  # the user's queue: read and consume it, nothing else
-        return [rule, _statement("ConsumeTheGivenEventQueue", consume, p.event_queue)]
-    ensure = ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"]
-    return [rule, _statement("EnsureAndConsumeItsOwnEventQueue", consume + ensure, p.event_queue)]
-
-
-def _with_kms_key_rule(p: PolicyParams, condition: dict[str, Any]) -> dict[str, Any]:
-    """CreateSecret names no KMS key, or an allowed one."""
-    if p.kms_keys:
-        return {**condition, "StringEqualsIfExists": {"secretsmanager:KmsKeyId": list(p.kms_keys)}}
-    return {**condition, "Null": {"secretsmanager:KmsKeyId": "true"}}
+__all__ = [
+    "BOUNDARY",
+    "CLAIM_TAG_KEYS",
+    "DOCUMENT_NAMES",
+    "IRSA_TRUST",
+    "LAMBDA_ROLE",
+    "LAMBDA_TRUST",
+    "OPERATOR",
+    "PLACEHOLDER_ACCOUNT",
+    "PLACEHOLDER_OIDC",
+    "POD_IDENTITY_TRUST",
+    "POLICY_VERSION",
+    "RESOURCE_TAG_KEYS",
+    "ROLE_POLICY_NAME",
+    "SECRET_TAG_KEYS",
+    "PolicyParams",
+    "actions_of",
+    "boundary_name",
+    "documents",
+    "function_name",
+    "irsa_trust_policy",
+    "lambda_role_policy",
+    "lambda_trust_policy",
+    "operator_policy",
+    "permissions_boundary",
+    "pod_identity_trust_policy",
+    "render",
+    "role_name",
+    "secret_prefix",
+]
 
 
 # --- the rotation Lambda -----------------------------------------------------------------------
@@ -436,7 +110,7 @@ def _with_kms_key_rule(p: PolicyParams, condition: dict[str, Any]) -> dict[str, 
 
 def _lambda_statements(p: PolicyParams) -> list[dict[str, Any]]:
     return [
-        _statement(
+        statement(
             "RotateInstallationSecrets",
             [
                 "secretsmanager:DescribeSecret",
@@ -447,14 +121,14 @@ def _lambda_statements(p: PolicyParams) -> list[dict[str, Any]]:
             ],
             p.secrets_arn,
         ),
-        *_user_statements(
+        *user_statements(
             p,
             "ManageAccessKeysOfMarkedUsersOnly",
             ["iam:GetUser", "iam:ListAccessKeys", "iam:CreateAccessKey", "iam:DeleteAccessKey"],
             {},
         ),
-        _statement("CreateItsOwnLogGroup", ["logs:CreateLogGroup"], p.log_group_arn),
-        _statement(
+        statement("CreateItsOwnLogGroup", ["logs:CreateLogGroup"], p.log_group_arn),
+        statement(
             "WriteItsOwnLogs",
             ["logs:CreateLogStream", "logs:PutLogEvents"],
             f"{p.log_group_arn}:log-stream:*",
@@ -466,31 +140,31 @@ def lambda_role_policy(p: PolicyParams) -> dict[str, Any]:
     statements = _lambda_statements(p)
     if p.kms_keys:
         statements.append(
-            _statement(
+            statement(
                 "UseAllowedKmsKeysThroughSecretsManagerOnly",
                 ["kms:Decrypt", "kms:GenerateDataKey"],
                 list(p.kms_keys),
-                **_kms_through_secrets_manager(p),
+                **kms_through_secrets_manager(p),
             )
         )
-    return _document(*statements)
+    return document(*statements)
 
 
 def permissions_boundary(p: PolicyParams) -> dict[str, Any]:
     statements = _lambda_statements(p)
     statements.append(
-        _statement(
+        statement(
             "KmsThroughSecretsManagerForInstallationSecretsOnly",
             ["kms:Decrypt", "kms:GenerateDataKey"],
             p._arn("kms", "key/*"),
-            **_kms_through_secrets_manager(p),
+            **kms_through_secrets_manager(p),
         )
     )
-    return _document(*statements)
+    return document(*statements)
 
 
 def lambda_trust_policy(p: PolicyParams) -> dict[str, Any]:
-    return _document(
+    return document(
         {
             "Sid": "LambdaMayAssumeIt",
             "Effect": "Allow",
@@ -505,7 +179,7 @@ def lambda_trust_policy(p: PolicyParams) -> dict[str, Any]:
 
 def irsa_trust_policy(p: PolicyParams) -> dict[str, Any]:
     provider = p.oidc_provider.removeprefix("https://")
-    return _document(
+    return document(
         {
             "Sid": "TheOperatorServiceAccountThroughIrsaOnly",
             "Effect": "Allow",
@@ -524,7 +198,7 @@ def irsa_trust_policy(p: PolicyParams) -> dict[str, Any]:
 
 
 def pod_identity_trust_policy(p: PolicyParams) -> dict[str, Any]:
-    return _document(
+    return document(
         {
             "Sid": "TheOperatorServiceAccountThroughEksPodIdentityOnly",
             "Effect": "Allow",
@@ -553,15 +227,15 @@ def documents(p: PolicyParams) -> dict[str, dict[str, Any]]:
     }
 
 
-def render(document: dict[str, Any]) -> str:
+def render(doc: dict[str, Any]) -> str:
     """The text form used for files and for comparing with what AWS holds."""
-    return json.dumps(document, indent=2) + "\n"
+    return json.dumps(doc, indent=2) + "\n"
 
 
-def actions_of(document: dict[str, Any]) -> set[str]:
+def actions_of(doc: dict[str, Any]) -> set[str]:
     """Every action a document grants (for figures and tests)."""
     found: set[str] = set()
-    for statement in document["Statement"]:
-        action = statement.get("Action", [])
+    for entry in doc["Statement"]:
+        action = entry.get("Action", [])
         found.update([action] if isinstance(action, str) else action)
     return found
