@@ -788,8 +788,11 @@ class KubeApiServer:
             if ca_file is None or not ca_file.is_file():
                 return None  # not written yet
             request.add_header("Authorization", f"Bearer {self.admin_token}")
-            context = ssl.create_default_context(cafile=str(ca_file))
         try:
+            if ca_file is not None:
+                # Inside the try: kube-apiserver may be writing the file this moment (empty or
+                # partial: ssl.SSLError NO_CERTIFICATE_OR_CRL_FOUND), which is "not yet" too.
+                context = ssl.create_default_context(cafile=str(ca_file))
             with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310
                 return bytes(response.read())
         except (OSError, ssl.SSLError):
