@@ -7,6 +7,7 @@ operator's RBAC identity) and the AWS emulator.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from keyrotor import errors, reconcile, sync
+from keyrotor.aws import policies
 from keyrotor.aws.clients import AwsClients
 from keyrotor.installation import Installation, Target
 from keyrotor.k8s import objects
@@ -44,6 +46,15 @@ def runtime(aws: Any, operator_rbac: Any, kube_operator_api: Any) -> Iterator[Ru
         core=client.CoreV1Api(kube_operator_api),
         custom=client.CustomObjectsApi(kube_operator_api),
         apps=client.AppsV1Api(kube_operator_api),
+    )
+    # The operator creates the rotation role only with its permissions boundary, which an
+    # administrator creates once (keyrotor policy --document boundary).
+    params = policies.PolicyParams(
+        cluster_name=settings.cluster_name, region=aws.region, account_id=aws.account_id
+    )
+    aws.client("iam").create_policy(
+        PolicyName=policies.boundary_name(settings.cluster_name),
+        PolicyDocument=json.dumps(policies.permissions_boundary(params)),
     )
     installation = Installation(settings, clients, Target(aws.account_id, "aws"))
     yield Runtime(
