@@ -28,11 +28,21 @@ from keyrotor.tenancy import Claim, holds_claim
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
+# How long kopf waits for the watch to bring back the version of its own last patch before it
+# handles an older body (kopf's default is 5 s). The reconcile writes status before kopf writes
+# its last-handled-configuration annotation, so the watch delivers that status write first, as a
+# body without the annotation: kopf takes it for a new object unless its own patch arrives within
+# this window. When hundreds of objects arrive together the watch lags far more than 5 s (25 s
+# seen at 1,000), and the create handler ran a second time for most objects. A newer event ends
+# the wait at once; only a genuine change whose expected version never comes (a re-list skipped
+# it) waits this long.
+CONSISTENCY_TIMEOUT = 120.0
 
 
 @kopf.on.startup()
 async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
     # kopf ignores every annotation under the prefix of its own storage when it compares
     # objects, so it must not be keyrotor.io itself: keyrotor.io/rotate-now has to count.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
@@ -84,12 +94,14 @@ def claims_by_user(
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+def reconcile_object(
+    *, namespace: str | None, name: str, reason: str, memo: Any, **kwargs: Any
+) -> None:
     """Decide about the object now. Waits and retries are the sync loop's (the index says when),
     so nothing here raises for an expected wait."""
     runtime: Runtime = memo.runtime
     runtime.claims_index = kwargs["claims_by_user"]
-    reconcile.converge(runtime, namespace or "", name)
+    reconcile.converge(runtime, namespace or "", name, trigger=str(reason))
 
 
 @kopf.on.delete(*RESOURCE)

@@ -30,7 +30,13 @@ from keyrotor.aws.clients import translate
 from keyrotor.errors import failure_for
 from keyrotor.index import Entry
 from keyrotor.k8s.secrets import is_intact
-from keyrotor.mirroring import DUE_CHECK_INTERVAL, needs_decision, scheduled_rotation_due
+from keyrotor.mirroring import (
+    DUE_CHECK_INTERVAL,
+    focus_look_due,
+    needs_decision,
+    rotation_watched,
+    scheduled_rotation_due,
+)
 from keyrotor.model import TAG_CLUSTER, TAG_NAME, TAG_NAMESPACE, TAG_UID
 from keyrotor.observation import Observed
 from keyrotor.runtime import Runtime
@@ -121,10 +127,11 @@ class SyncLoop:
         )
         return dead is not None
 
-    def decide(self, entry: Entry) -> None:
-        """A new decision on one object; whatever happens stays with that object."""
+    def decide(self, entry: Entry, observed: Observed | None = None) -> None:
+        """A new decision on one object; whatever happens stays with that object. ``observed``:
+        its secret as just described (the decision does not describe it again)."""
         try:
-            reconcile.converge(self.rt, entry.namespace, entry.name)
+            reconcile.converge(self.rt, entry.namespace, entry.name, observed=observed)
         except Exception as exc:
             failure = failure_for(exc)
             log.log(failure.log_level, "%s/%s: %s", entry.namespace, entry.name, failure.message)
@@ -144,6 +151,7 @@ class SyncLoop:
         if not entries:
             return
         metrics.SYNC_LOOP_SWEEPS.inc()
+        now, stuck_after = self.rt.clock(), self.rt.settings.stuck_after
         for observed in secrets.list_managed(
             self.rt.aws.secretsmanager,
             tag_key=TAG_CLUSTER,
@@ -154,7 +162,13 @@ class SyncLoop:
             )
             if entry is None or observed.tags.get(TAG_UID) != entry.uid or entry.failures:
                 continue  # not ours, or backing off (its next_check decides)
-            if needs_decision(entry.state.mirrored_version, entry.reported_last_rotation, observed):
+            watched = rotation_watched(entry.focus_until, entry.focus_since, now, stuck_after)
+            if needs_decision(
+                entry.state.mirrored_version,
+                entry.reported_last_rotation,
+                observed,
+                pending=not watched,
+            ):
                 self.decide(entry)
 
     def tick(self) -> None:
@@ -170,12 +184,17 @@ class SyncLoop:
                     log.warning("%s/%s: %s", entry.namespace, entry.name, failure_for(exc).message)
 
     def look(self, entry: Entry, now: datetime) -> None:
-        focused = entry.focus_until is not None and now <= entry.focus_until
+        in_focus = entry.focus_until is not None and now <= entry.focus_until
+        focused = in_focus and focus_look_due(
+            entry.focus_since, entry.focus_looks, now, self.rt.settings.focus_interval
+        )
         previous_key_due = self._previous_key_due(entry, now)
         if not (focused or previous_key_due or self._due(entry, now)):
-            if entry.focus_until is not None:
+            if entry.focus_until is not None and not in_focus:
                 self.rt.index.end_focus(entry.namespace, entry.name, entry.uid)
             return
+        if focused:
+            self.rt.index.note_look(entry.namespace, entry.name, entry.uid)
         observed = secrets.describe(self.rt.aws.secretsmanager, entry.state.secret_arn or "")
         if observed is None:
             return
@@ -183,7 +202,7 @@ class SyncLoop:
         if previous_key_due or needs_decision(
             state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
-            self.decide(entry)
+            self.decide(entry, observed)
         self._end_focus_when_mirrored(entry, observed)
 
     def check(self, entry: Entry) -> None:
@@ -196,7 +215,7 @@ class SyncLoop:
         if observed is not None and needs_decision(
             entry.state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
-            self.decide(entry)
+            self.decide(entry, observed)
 
     def _end_focus_when_mirrored(self, entry: Entry, observed: Observed) -> None:
         """The rotation we waited for is over and its version mirrored, by this tick or by
@@ -230,8 +249,11 @@ def target_secret_changed(
     rt: Runtime, namespace: str, owner: str, body: Mapping[str, Any], *, deleted: bool
 ) -> None:
     """A mirrored Secret was edited or deleted: decide again, which puts it back. keyrotor's own
-    writes (and changes that leave the key alone) are recognised and left alone."""
-    entry = rt.index.get(namespace, owner)
+    writes (and changes that leave the key alone) are recognised and left alone: the index is
+    read under the object's lock, after the decision that wrote the Secret recorded it (the
+    watch can bring our own write before that decision ends)."""
+    with rt.index.lock(namespace, owner):
+        entry = rt.index.get(namespace, owner)
     if entry is None or not entry.state.active or entry.state.secret_arn is None:
         return
     annotations = (body.get("metadata") or {}).get("annotations") or {}
