@@ -145,7 +145,9 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
     elector = elect_leader(settings) if settings.leader_elect else None
     metrics.LEADER.set(1)
-    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime))
+    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime), shard=settings.shard)
+    if settings.shard.name or settings.shard.selector is not None:
+        logging.getLogger(__name__).info("serving %s", settings.shard.describe())
     try:
         kopf.run(
             standalone=True,
