@@ -30,10 +30,16 @@ class StartupError(RuntimeError):
 
 
 def _post_and_count_event(
-    kube: KubeApis, body: dict[str, Any], *, event_type: str, reason: str, message: str
+    kube: KubeApis,
+    instance: str,
+    body: dict[str, Any],
+    *,
+    event_type: str,
+    reason: str,
+    message: str,
 ) -> None:
     metrics.count_event(reason)
-    post_event(kube, body, event_type=event_type, reason=reason, message=message)
+    post_event(kube, body, event_type=event_type, reason=reason, message=message, instance=instance)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -56,7 +62,7 @@ def make_runtime(settings: Settings) -> Runtime:
         aws=aws,
         kube=kube,
         installation=Installation(settings, aws, target),
-        emit=partial(_post_and_count_event, kube),
+        emit=partial(_post_and_count_event, kube, settings.shard.reporting_instance),
         installation_id=installation_id(settings.cluster_name, cluster_uid),
     )
 

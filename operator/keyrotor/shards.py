@@ -147,6 +147,11 @@ class Shard:
         """One Lease per shard (a Lease name may hold dots; cluster names hold none)."""
         return f"keyrotor-{cluster_name}.{self.name}" if self.name else f"keyrotor-{cluster_name}"
 
+    @property
+    def reporting_instance(self) -> str:
+        """Who posted an Event (its reportingInstance)."""
+        return f"keyrotor-{self.name}" if self.name else "keyrotor"
+
     def describe(self) -> str:
         parts = [f"shard {self.name or '(default)'}"]
         if self.selector is not None:
