@@ -199,3 +199,45 @@ def test_object_relabelled_to_the_other_shard_is_taken_over_there(keyrotor: Harn
     keyrotor.delete(ns, "mover")
     keyrotor.wait(lambda: keyrotor.get(ns, "mover") is None, what="finalized by shard b")
     assert _claim(keyrotor, user) is None
+
+
+def test_object_of_the_unsharded_operator_is_taken_over_by_a_shard(keyrotor: Harness) -> None:
+    """From one operator to shards: an object made Ready by an unsharded operator (claim
+    ``<installation>/<uid>``, finalizer keyrotor.io/finalizer) is taken over by the shard its
+    label names once that operator is gone, and finalized by it, both finalizers included."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    unsharded = keyrotor.start_operator("--namespace", ns)  # serves only ns: no overlap here
+    uid = _create(keyrotor, ns, "legacy", user, None)
+    before = keyrotor.wait_ready(ns, "legacy")["status"]
+    assert _claim(keyrotor, user) == f"{keyrotor.installation_id}/{uid}"
+    assert (keyrotor.get(ns, "legacy") or {})["metadata"]["finalizers"] == ["keyrotor.io/finalizer"]
+    unsharded.stop()
+    keyrotor.operators.remove(unsharded)
+
+    keyrotor.patch(ns, "legacy", {"metadata": {"labels": {LABEL: "a"}}})
+    keyrotor.wait(
+        lambda: _claim(keyrotor, user) == f"{keyrotor.installation_id}:a/{uid}",
+        what="shard a's claim on the user",
+    )
+    after = keyrotor.wait_ready(ns, "legacy")["status"]
+    assert (after["secretArn"], after["accessKeyId"]) == (
+        before["secretArn"],
+        before["accessKeyId"],
+    )
+    assert keyrotor.user_keys(user) == {before["accessKeyId"]: "Active"}
+    finalizers = keyrotor.wait(
+        lambda: (
+            (keyrotor.get(ns, "legacy") or {})["metadata"].get("finalizers", [])
+            if "keyrotor.io/finalizer-a"
+            in (keyrotor.get(ns, "legacy") or {})["metadata"].get("finalizers", [])
+            else None
+        ),
+        what="shard a's finalizer",
+    )
+    assert set(finalizers) == {"keyrotor.io/finalizer", "keyrotor.io/finalizer-a"}
+
+    keyrotor.delete(ns, "legacy")
+    keyrotor.wait(lambda: keyrotor.get(ns, "legacy") is None, what="finalized by shard a")
+    assert _claim(keyrotor, user) is None
+    assert _reporters(keyrotor, ns, "legacy").get("SecretRetained") == {"keyrotor-a"}
