@@ -382,7 +382,7 @@ def bench_sidebyside(
         f"objects, {samples} rotations outside keyrotor per phase"
     )
     loads = {"start": os.getloadavg()}
-    spread = 2 * max(sync_interval, *poller_intervals)
+    spread = max(2 * sync_interval, *poller_intervals)  # a multiple of each interval here
     harness, metrics = bench.harness(
         "sidebyside", "--sync-interval", f"{sync_interval:g}", *CHECK_ARGS
     )
