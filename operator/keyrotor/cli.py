@@ -35,7 +35,8 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
         "--namespace",
         action="append",
         default=None,
-        help="watch only this namespace (repeatable); default all",
+        help="watch only this namespace (repeatable, or comma separated; kopf's globs and "
+        "!exclusions); default all",
     )
     run.add_argument(
         "--cluster-name",
@@ -85,6 +86,23 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
         "--installation-recheck",
         default=_env("INSTALLATION_RECHECK", "900"),
         help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
+    )
+
+
+def _add_run_shard_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: one shard of several (keyrotor.shards)."""
+    run.add_argument(
+        "--shard",
+        default=_env("SHARD", ""),
+        help="this process is one shard of several: its name (in claims, its Lease, its "
+        "finalizer and its event queue); default: one unsharded operator",
+    )
+    run.add_argument(
+        "--selector",
+        default=_env("SELECTOR", ""),
+        metavar="LABEL_SELECTOR",
+        help="serve only the objects whose labels match (as kubectl -l: a=b, a!=b, a in (x,y), "
+        "a notin (x), a, !a); needs --shard",
     )
 
 
@@ -204,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the operator (each flag also as KEYROTOR_*)")
     for add in (
         _add_run_loop_flags,
+        _add_run_shard_flags,
         _add_run_aws_flags,
         _add_run_scale_flags,
         _add_run_endpoint_flags,
@@ -220,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
+    given = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
+    namespaces = [part for value in given for part in value.replace(",", " ").split()]
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
     kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
     aws_rates = args.aws_rate if args.aws_rate is not None else _env_list("AWS_RATE")
@@ -231,6 +251,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cluster_name=args.cluster_name,
         region=args.region or None,
         namespaces=tuple(namespaces),
+        shard_name=args.shard or "",
+        selector=args.selector or "",
         sync_interval=parse_interval_setting("--sync-interval", str(sync_interval)),
         event_mode=event_mode,
         event_queue_url=args.event_queue_url or None,

@@ -53,6 +53,7 @@ class EventConsumer:
             region=rt.aws.region,
             account_id=target.account_id,
             partition=target.partition,
+            shard=rt.settings.shard_name,
         )
         self.queue_url: str | None = None
         self._ensured_at = 0.0

@@ -31,10 +31,16 @@ class StartupError(RuntimeError):
 
 
 def _post_and_count_event(
-    kube: KubeApis, body: dict[str, Any], *, event_type: str, reason: str, message: str
+    kube: KubeApis,
+    instance: str,
+    body: dict[str, Any],
+    *,
+    event_type: str,
+    reason: str,
+    message: str,
 ) -> None:
     metrics.count_event(reason)
-    post_event(kube, body, event_type=event_type, reason=reason, message=message)
+    post_event(kube, body, event_type=event_type, reason=reason, message=message, instance=instance)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -62,7 +68,7 @@ def make_runtime(settings: Settings) -> Runtime:
         aws=aws,
         kube=kube,
         installation=Installation(settings, aws, target),
-        emit=partial(_post_and_count_event, kube),
+        emit=partial(_post_and_count_event, kube, settings.shard.reporting_instance),
         installation_id=installation_id(settings.cluster_name, cluster_uid),
     )
 
@@ -151,7 +157,9 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
     elector = elect_leader(settings) if settings.leader_elect else None
     metrics.LEADER.set(1)
-    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime))
+    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime), shard=settings.shard)
+    if settings.shard.name or settings.shard.selector is not None:
+        logging.getLogger(__name__).info("serving %s", settings.shard.describe())
     try:
         kopf.run(
             standalone=True,

@@ -11,8 +11,10 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from keyrotor.model import parse_duration
+from keyrotor.shards import SHARD_NAME_RE, LabelSelector, Shard
 
 DEFAULT_SYNC_INTERVAL = 300.0
 # In event mode, events announce rotations within seconds; the sweep is only the safety net.
@@ -59,6 +61,10 @@ class Settings:
     cluster_name: str = "default"
     region: str | None = None
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    # Sharding (keyrotor.shards): this process serves the objects its selector matches, under
+    # its own identity in claims. Empty: the one unsharded operator.
+    shard_name: str = ""
+    selector: str = ""
     sync_interval: float = DEFAULT_SYNC_INTERVAL  # seconds between ListSecrets sweeps
     focus_interval: float = 2.0  # seconds between DescribeSecret checks of objects in focus
     stuck_after: float = 900.0  # a pending rotation older than this is stuck (Lambda: 3 x 120s)
@@ -105,6 +111,25 @@ class Settings:
         if not NAME_RE.match(self.cluster_name):
             raise SettingsError(
                 f"--cluster-name {self.cluster_name!r}: use 1-40 lowercase letters, digits and '-'"
+            )
+        if self.shard_name and not SHARD_NAME_RE.match(self.shard_name):
+            raise SettingsError(
+                f"--shard {self.shard_name!r}: use 1-30 lowercase letters, digits and '-'"
+            )
+        if self.selector:
+            try:
+                LabelSelector.parse(self.selector)
+            except ValueError as exc:
+                raise SettingsError(f"--selector {self.selector!r}: {exc}") from None
+            if not self.shard_name:
+                raise SettingsError(
+                    "--selector: give the shard a name with --shard, so that its claims are its "
+                    "own (shards never take each other's claims)"
+                )
+        if self.event_mode and len(self.cluster_name) + len(self.shard_name) > 46:
+            raise SettingsError(
+                f"--shard {self.shard_name!r}: with --cluster-name {self.cluster_name!r} too long "
+                f"for event mode's rule name (64 characters): at most 46 between them"
             )
         if self.sync_interval < 10:
             raise SettingsError(f"--sync-interval {self.sync_interval:g}s: must be at least 10s")
@@ -160,10 +185,17 @@ class Settings:
         host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
         return f"http://{host}:{port}{path}"
 
+    @cached_property
+    def shard(self) -> Shard:
+        """The objects this process serves (everything it watches, unless sharded)."""
+        selector = LabelSelector.parse(self.selector) if self.selector else None
+        return Shard(name=self.shard_name, selector=selector, namespaces=self.namespaces)
+
     @property
     def lease_name(self) -> str:
-        """The leader election Lease: one per installation, in the operator's namespace."""
-        return f"keyrotor-{self.cluster_name}"
+        """The leader election Lease: one per installation (per shard), in the operator's
+        namespace."""
+        return self.shard.lease_name(self.cluster_name)
 
     def default_secret_name(self, namespace: str, name: str) -> str:
         return f"{self.secret_prefix}{namespace}/{name}"
