@@ -63,6 +63,7 @@ class EventConsumer:
             region=rt.aws.region,
             account_id=target.account_id,
             partition=target.partition,
+            shard=rt.settings.shard_name,
         )
         self.queue_url: str | None = None
         self._given_queue_arn: str | None = None  # a named queue's ARN never changes: read once
