@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from keyrotor import audit_command, policy_command
+from keyrotor.aws.rate_limits import parse_rate
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
+    DEFAULT_WORKERS,
     EVENT_MODE_SYNC_INTERVAL,
     AllowRule,
     Settings,
@@ -128,6 +130,30 @@ def _add_run_aws_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_scale_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: objects worked on at once, and AWS requests per second."""
+    run.add_argument(
+        "--sync-workers",
+        type=int,
+        default=_env("SYNC_WORKERS", str(DEFAULT_WORKERS)),
+        help=f"objects the sync loop works on at once (default {DEFAULT_WORKERS})",
+    )
+    run.add_argument(
+        "--reconcile-workers",
+        type=int,
+        default=_env("RECONCILE_WORKERS", str(DEFAULT_WORKERS)),
+        help=f"objects reconciled at once (kopf's handler threads; default {DEFAULT_WORKERS})",
+    )
+    run.add_argument(
+        "--aws-rate",
+        action="append",
+        default=None,
+        metavar="FAMILY=RATE",
+        help="requests per second for one AWS API family instead of its default, e.g. "
+        "iam:write=5 (repeatable; families and defaults: README, Scale)",
+    )
+
+
 def _add_run_endpoint_flags(run: argparse.ArgumentParser) -> None:
     """keyrotor run: metrics, health and logs."""
     # argparse converts string defaults with `type`, so a bad variable is a usage error too.
@@ -198,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_loop_flags,
         _add_run_shard_flags,
         _add_run_aws_flags,
+        _add_run_scale_flags,
         _add_run_endpoint_flags,
         _add_run_leader_flags,
     ):
@@ -216,6 +243,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     namespaces = [part for value in given for part in value.replace(",", " ").split()]
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
     kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
+    aws_rates = args.aws_rate if args.aws_rate is not None else _env_list("AWS_RATE")
     event_mode = bool(args.event_mode)
     default_interval = EVENT_MODE_SYNC_INTERVAL if event_mode else DEFAULT_SYNC_INTERVAL
     sync_interval = args.sync_interval or str(int(default_interval))
@@ -237,6 +265,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         installation_recheck=parse_interval_setting(
             "--installation-recheck", str(args.installation_recheck)
         ),
+        sync_workers=args.sync_workers,
+        reconcile_workers=args.reconcile_workers,
+        aws_rates=tuple(parse_rate(text) for text in aws_rates),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
         kms_keys=tuple(kms_keys),

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from keyrotor import deletion, reconcile, sync
+from keyrotor import deletion, metrics, reconcile, sync
 from keyrotor.event_consumer import EventConsumer
 from keyrotor.model import (
     GROUP,
@@ -56,9 +56,11 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
-    settings.execution.max_workers = 8
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
+    # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
+    # repairs and finalizers) running at once; the sync loop has workers of its own.
+    settings.execution.max_workers = runtime.settings.reconcile_workers
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
@@ -109,7 +111,8 @@ def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: A
     so nothing here raises for an expected wait."""
     runtime: Runtime = memo.runtime
     runtime.claims_index = kwargs["claims_by_user"]
-    reconcile.converge(runtime, namespace or "", name)
+    with metrics.RECONCILE_IN_FLIGHT.track():
+        reconcile.converge(runtime, namespace or "", name)
 
 
 @kopf.on.event(*RESOURCE, when=not_in_shard)

@@ -15,6 +15,7 @@ import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
+from keyrotor.aws.rate_limits import RateLimiter
 from keyrotor.installation import Installation, Target
 from keyrotor.k8s import objects
 from keyrotor.k8s.client import KubeApis
@@ -43,16 +44,21 @@ def _post_and_count_event(
 
 
 def make_runtime(settings: Settings) -> Runtime:
+    # Threads that may call AWS or Kubernetes at once: the sync loop's workers, kopf's handler
+    # threads, the loop itself and the event consumer; each client pools that many connections.
+    threads = settings.sync_workers + settings.reconcile_workers + 2
     try:
-        aws = AwsClients.create(settings.region)
-        for client in (aws.iam, aws.sts, aws.secretsmanager, aws.lambda_, aws.sqs, aws.events):
+        aws = AwsClients.create(
+            settings.region, limiter=RateLimiter(dict(settings.aws_rates)), connections=threads
+        )
+        for client in aws.all():
             metrics.count_aws_calls(client)
         identity = aws.sts.get_caller_identity()
     except Exception as exc:
         raise StartupError(f"cannot reach AWS: {error_message(exc)}") from None
     arn = str(identity["Arn"])
     try:
-        kube = KubeApis.create()
+        kube = KubeApis.create(connections=threads)
         cluster_uid = objects.kube_system_uid(kube)
     except Exception as exc:
         raise StartupError(f"cannot reach Kubernetes: {exc}") from None

@@ -19,6 +19,10 @@ from keyrotor.shards import SHARD_NAME_RE, LabelSelector, Shard
 DEFAULT_SYNC_INTERVAL = 300.0
 # In event mode, events announce rotations within seconds; the sweep is only the safety net.
 EVENT_MODE_SYNC_INTERVAL = 1800.0
+# Objects worked on at once, by the sync loop and by kopf's handlers: enough to overlap AWS's
+# and the API server's latency; the rate limits, not the workers, keep AWS under its quotas.
+DEFAULT_WORKERS = 8
+MAX_WORKERS = 64
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
@@ -75,6 +79,13 @@ class Settings:
     installation_recheck: float = 900.0
     # Every mirrored key is looked up in IAM's credential report this often (O(1) calls).
     dead_key_check: float = 3600.0
+    # Bounded concurrency: objects the sync loop works on at once (--sync-workers), and kopf's
+    # threads for handlers, i.e. reconciles at once (--reconcile-workers).
+    sync_workers: int = DEFAULT_WORKERS
+    reconcile_workers: int = DEFAULT_WORKERS
+    # --aws-rate FAMILY=RATE: requests per second of an AWS API family, instead of the default
+    # (keyrotor.aws.rate_limits, where the families and their defaults are).
+    aws_rates: tuple[tuple[str, float], ...] = ()
     lambda_role_arn: str | None = None
     # Event mode: Secrets Manager's rotation events (EventBridge -> SQS) say which secret to
     # look at; the queue keyrotor-<cluster>-events unless the user names one.
@@ -128,6 +139,12 @@ class Settings:
             raise SettingsError(
                 f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"
             )
+        for flag, workers in (
+            ("--sync-workers", self.sync_workers),
+            ("--reconcile-workers", self.reconcile_workers),
+        ):
+            if not 1 <= workers <= MAX_WORKERS:
+                raise SettingsError(f"{flag} {workers}: expected 1 to {MAX_WORKERS}")
         for key in self.kms_keys:
             if not KMS_KEY_ARN_RE.match(key):
                 raise SettingsError(
