@@ -125,7 +125,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec, reads: Reads | None = None)
     reads = reads if reads is not None else Reads()
     user = reads.once(USER, lambda: iam.get_user(rt.aws.iam, spec.iam_user))
     context = Context(
-        installation=rt.installation_id,
+        installation=rt.claim_identity,
         stuck_after=settings.stuck_after,
         recheck_interval=settings.recheck_interval,
         secret_tags=secret_tags(rt, obj, user.name if user else spec.iam_user),
@@ -320,6 +320,9 @@ def converge(
                 return
             if body["metadata"].get("deletionTimestamp"):
                 return  # finalize's turn
+            if not rt.settings.shard.serves_body(body):
+                rt.index.remove(namespace, name)  # another shard's now: it takes over
+                return
             decision = decide_and_act(rt, body, observed)
             observed = None  # a conflict: everything is read again
             try:
@@ -328,6 +331,17 @@ def converge(
                 continue  # the object changed since it was read: read again, decide again
             return
         log.info("%s/%s kept changing; deciding again later", namespace, name)
+
+
+def forget(rt: Runtime, namespace: str, name: str, uid: str) -> None:
+    """The object left this process's shard: drop it from the index (under its lock, so a
+    decision under way finishes first and nothing re-adds it afterwards)."""
+    entry = rt.index.get(namespace, name)
+    if entry is None or entry.uid != uid:
+        return
+    with rt.index.lock(namespace, name):
+        rt.index.remove(namespace, name)
+    log.info("%s/%s left %s: no longer served here", namespace, name, rt.settings.shard.describe())
 
 
 def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:

@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import socket
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from keyrotor.model import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
 from keyrotor_sandbox.aws import AwsEmulator, Call, CallLog
 from keyrotor_sandbox.kube import KubeApiServer, ensure_binaries
+from tests.bench import bench_limits
 from tests.bench.emulator_floor import emulator_floor
 from tests.fixtures.operator import RBAC, Harness
 
@@ -150,9 +152,10 @@ def self_usage() -> dict[str, float]:
 class SecretWatcher:
     """Watches the mirrored Secrets of one namespace; records when each version id first shows."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+    def __init__(self, core: client.CoreV1Api, namespace: str, selector: str | None = None) -> None:
         self.core = core
         self.namespace = namespace
+        self.selector = selector or f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
         self.seen: dict[tuple[str, str], float] = {}  # (secret name, version id) -> time.time()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -167,7 +170,7 @@ class SecretWatcher:
         self._stop.set()
 
     def _run(self) -> None:
-        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        selector = self.selector
         while not self._stop.is_set():
             listing = self.core.list_namespaced_secret(self.namespace, label_selector=selector)
             now = time.time()
@@ -509,9 +512,9 @@ class Bench:
 
     # -- 3. many objects from apply to Ready -----------------------------------------------------
 
-    def bench_scale(self, count: int) -> None:
-        say(f"\n== 3. {count} objects from apply to Ready (production intervals)")
-        harness, metrics = self.harness("scale")
+    def bench_scale(self, count: int, extra_args: tuple[str, ...] = ()) -> None:
+        say(f"\n== 3. {count} objects from apply to Ready (production intervals) {extra_args}")
+        harness, metrics = self.harness("scale", *extra_args)
         pid = harness.operator.pid
         assert pid is not None
         samples: list[tuple[float, float]] = []
@@ -522,6 +525,7 @@ class Bench:
             idle = proc_status(pid)
             bench_before = self_usage()
             load_before = os.getloadavg()
+            first_call = len(self.calls)
             began = time.monotonic()
             self.apply(harness, namespace, names)
             applied = time.monotonic()
@@ -537,25 +541,17 @@ class Bench:
             bench_after = self_usage()
             load_after = os.getloadavg()
             scraped = metrics.scrape()
-            operator_calls, reconciles = scraped["calls"], scraped["reconciles"]
+            limits = bench_limits.operator_figures(metrics.url)
+            limits["busiest_second"] = bench_limits.busiest_second(self.calls.since(first_call))
             self.aws.wait_for_rotations(timeout=120)
-            lambda_arn = self.any_status(harness, namespace)["lambdaArn"]
-            say(f"    the emulator alone: CreateSecret + RotateSecret for {count} more users")
-            floor_before = self_usage()
-            floor = emulator_floor(
-                self.aws,
-                cluster=harness.cluster_name,
-                users=floor_users,
-                lambda_arn=lambda_arn,
-                timeout=60 + 10 * count,
-            )
-            floor["bench_process_cpu_s"] = self_usage()["cpu_s"] - floor_before["cpu_s"]
+            floor = self._emulator_floor(harness, namespace, floor_users)
             handler_runs = harness.operator.logs().count("Handler 'reconcile_object' succeeded")
         finally:
             self.finish(harness)
         result = self._scale_result(
             count, began, applied, marks, idle, status, bench_before, bench_after, samples
         )
+        operator_calls, reconciles = scraped["calls"], scraped["reconciles"]
         result.update(
             load_avg_before=load_before,
             load_avg_at_ready=load_after,
@@ -568,7 +564,32 @@ class Bench:
             reconciles_per_object=sum(reconciles.values()) / count,
             handler_runs_per_object=handler_runs / count,
             emulator_floor=floor,
+            operator_args=list(extra_args),
+            limits=limits,
         )
+        self._say_scale(result)
+        say(bench_limits.summary(limits))
+        self.results["scale"] = result
+
+    def _emulator_floor(self, harness: Harness, namespace: str, users: list[str]) -> dict[str, Any]:
+        """The emulator alone, same run, same installation: tests/bench/emulator_floor.py."""
+        items = harness.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        lambda_arn = items["items"][0]["status"]["lambdaArn"]
+        say(f"    the emulator alone: CreateSecret + RotateSecret for {len(users)} more users")
+        before = self_usage()
+        floor = emulator_floor(
+            self.aws,
+            cluster=harness.cluster_name,
+            users=users,
+            lambda_arn=lambda_arn,
+            timeout=60 + 10 * len(users),
+        )
+        floor["bench_process_cpu_s"] = self_usage()["cpu_s"] - before["cpu_s"]
+        return floor
+
+    @staticmethod
+    def _say_scale(result: dict[str, Any]) -> None:
+        count, floor = result["objects"], result["emulator_floor"]
         say(
             f"    all {count} Ready {result['all_ready_s']:.1f}s after the first apply "
             f"(first {result['first_ready_s']:.1f}s, half {result['half_ready_s']:.1f}s); "
@@ -583,15 +604,10 @@ class Bench:
             f"{result['operator_calls_per_object_by_operation']}"
         )
         say(
-            f"    reconciles per object {result['reconciles_per_object']:.2f} {dict(reconciles)}; "
-            f"kopf handler runs per object {result['handler_runs_per_object']:.3f}"
+            f"    reconciles per object {result['reconciles_per_object']:.2f} "
+            f"{result['reconciles']}; kopf handler runs per object "
+            f"{result['handler_runs_per_object']:.3f}"
         )
-        self.results["scale"] = result
-
-    @staticmethod
-    def any_status(harness: Harness, namespace: str) -> dict[str, Any]:
-        items = harness.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-        return dict(items["items"][0]["status"])
 
     @staticmethod
     def _scale_result(
@@ -667,9 +683,31 @@ def git_state() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
     parser.add_argument("--objects", type=int, default=200, help="objects for the scale run")
+    parser.add_argument(
+        "--scale-args",
+        default="",
+        help="more `keyrotor run` flags for the scale run, e.g. '--sync-workers 1'",
+    )
     parser.add_argument("--latency-samples", type=int, default=20)
     parser.add_argument(
-        "--which", choices=["all", "calls", "latency", "scale", "events"], default="all"
+        "--which",
+        choices=["all", "calls", "latency", "scale", "events", "sidebyside"],
+        default="all",
+        help="sidebyside is not part of all (about 16 minutes on its own)",
+    )
+    parser.add_argument(
+        "--sbs-objects", type=int, default=20, help="objects for the side-by-side stage"
+    )
+    parser.add_argument(
+        "--sbs-sync-interval",
+        type=float,
+        default=60.0,
+        help="keyrotor's --sync-interval in the side-by-side stage's sweep mode",
+    )
+    parser.add_argument(
+        "--poller-intervals",
+        default="60",
+        help="refresh intervals (s) of the per-object poller, comma separated, run side by side",
     )
     parser.add_argument(
         "--events-objects", type=int, default=20, help="objects for the event-mode stage"
@@ -712,13 +750,24 @@ class Stages:
             self.bench.bench_latency(args.latency_samples, args.sweep_interval)
             yield "latency"
         if which in ("all", "scale"):
-            self.bench.bench_scale(args.objects)
+            self.bench.bench_scale(args.objects, tuple(shlex.split(args.scale_args)))
             yield "scale"
         if which in ("all", "events"):
             from tests.bench.bench_event_mode import bench_events
 
             bench_events(self.bench, args.events_objects, args.latency_samples, args.sweep_interval)
             yield "events"
+        if which == "sidebyside":
+            from tests.bench.bench_sidebyside import bench_sidebyside
+
+            bench_sidebyside(
+                self.bench,
+                objects=args.sbs_objects,
+                samples=args.latency_samples,
+                sync_interval=args.sbs_sync_interval,
+                poller_intervals=[float(v) for v in args.poller_intervals.split(",") if v],
+            )
+            yield "sidebyside"
 
 
 def main(argv: list[str] | None = None) -> int:
