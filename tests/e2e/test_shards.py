@@ -81,15 +81,18 @@ def _reporters(keyrotor: Harness, ns: str, name: str) -> dict[str, set[str]]:
     return found
 
 
-def _served_on_metrics(port: int, ns: str) -> set[str]:
-    """The objects of ``ns`` a shard reports per-object metrics for."""
+def _samples(port: int) -> list[Any]:
     url = f"http://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def _served_on_metrics(port: int, ns: str) -> set[str]:
+    """The objects of ``ns`` a shard reports per-object metrics for."""
     return {
         sample.labels["name"]
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in _samples(port)
         if sample.labels.get("namespace") == ns and "name" in sample.labels
     }
 
@@ -128,6 +131,8 @@ def test_two_shards_each_serve_only_their_own_objects(
             lambda shard=shard: _served_on_metrics(ports[shard], ns) == {f"app-{shard}"},  # type: ignore[misc]
             what=f"shard {shard}'s per-object metrics: only its own object",
         )
+        info = [s.labels for s in _samples(ports[shard]) if s.name == "keyrotor_shard_info"]
+        assert info == [{"shard": shard}]  # what the KeyrotorOperatorDown alert groups by
 
     # The object no shard's selector matches was left alone entirely.
     none = keyrotor.get(ns, "app-none") or {}
@@ -138,7 +143,11 @@ def test_two_shards_each_serve_only_their_own_objects(
     # A mirrored Secret deleted by someone is put back by its own shard only.
     keyrotor.core.delete_namespaced_secret("app-b", ns)
     keyrotor.wait(lambda: keyrotor.secret(ns, "app-b"), what="app-b's Secret put back")
-    assert _reporters(keyrotor, ns, "app-b").get("SecretRepaired") == {"keyrotor-b"}
+    repaired_by = keyrotor.wait(
+        lambda: _reporters(keyrotor, ns, "app-b").get("SecretRepaired"),
+        what="the SecretRepaired Event",  # posted after the Secret and status are written
+    )
+    assert repaired_by == {"keyrotor-b"}
     assert keyrotor.user_keys(users["b"]) == {status["b"]["accessKeyId"]: "Active"}
 
 
