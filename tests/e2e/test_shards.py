@@ -254,3 +254,40 @@ def test_object_of_the_unsharded_operator_is_taken_over_by_a_shard(keyrotor: Har
     keyrotor.wait(lambda: keyrotor.get(ns, "legacy") is None, what="finalized by shard a")
     assert _claim(keyrotor, user) is None
     assert _reporters(keyrotor, ns, "legacy").get("SecretRetained") == {"keyrotor-a"}
+
+
+def test_object_moved_from_a_stopped_shard_waits_until_that_shard_lets_go(
+    keyrotor: Harness, ports: dict[str, int]
+) -> None:
+    """The new shard takes over only once the old one let go (its finalizer is off): while
+    shard a is down, shard b refuses to take the claim and says why; the key keeps working.
+    Shard a, back, sees the new labels, lets go, and b takes over."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    uid = _create(keyrotor, ns, "waiter", user, "a")
+    before = keyrotor.wait_ready(ns, "waiter")["status"]
+    keyrotor.operators[SHARDS.index("a")].stop()
+
+    keyrotor.patch(ns, "waiter", {"metadata": {"labels": {LABEL: "b"}}})
+    obj = keyrotor.wait_condition(ns, "waiter", "Ready", "False", "Conflict")
+    assert "keyrotor.io/finalizer-a" in (keyrotor.condition(obj, "Ready") or {})["message"]
+    assert _claim(keyrotor, user) == f"{keyrotor.installation_id}:a/{uid}"  # not taken
+    assert keyrotor.user_keys(user) == {before["accessKeyId"]: "Active"}
+    data = keyrotor.secret_data(keyrotor.secret(ns, "waiter"))
+    assert data["AWS_ACCESS_KEY_ID"] == before["accessKeyId"]
+
+    keyrotor.start_operator(  # shard a again: it sees the new labels and lets go
+        "--shard", "a", "--selector", f"{LABEL}=a", "--metrics-port", str(ports["a"])
+    )
+    keyrotor.wait(
+        lambda: _claim(keyrotor, user) == f"{keyrotor.installation_id}:b/{uid}",
+        what="shard b's claim once shard a let go",
+    )
+    after = keyrotor.wait_ready(ns, "waiter")["status"]
+    assert (after["secretArn"], after["accessKeyId"]) == (
+        before["secretArn"],
+        before["accessKeyId"],
+    )
+    assert (keyrotor.get(ns, "waiter") or {})["metadata"]["finalizers"] == [
+        "keyrotor.io/finalizer-b"
+    ]
