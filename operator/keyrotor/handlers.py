@@ -13,6 +13,7 @@ import kopf
 
 from keyrotor import deletion, reconcile, sync
 from keyrotor.event_consumer import EventConsumer
+from keyrotor.k8s.client import kopf_session
 from keyrotor.model import (
     FINALIZER,
     GROUP,
@@ -48,6 +49,16 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
     if runtime.settings.event_mode:  # beside the sync loop, stopped with it
         memo.events = EventConsumer(runtime, SyncLoop(runtime)).start()
+
+
+@kopf.on.login()
+async def login(
+    *, logger: kopf.Logger, settings: kopf.OperatorSettings, **_: Any
+) -> kopf.AiohttpSession | None:
+    """The credentials kopf would find itself (in-cluster, else the kubeconfig), on a session
+    with a bounded number of connections (see ``KOPF_CONNECTIONS``)."""
+    info = await asyncio.to_thread(kopf.login_via_client, logger=logger, settings=settings)
+    return kopf_session(info) if info is not None else None
 
 
 @kopf.on.cleanup()
