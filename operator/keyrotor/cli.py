@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from keyrotor import audit_command, policy_command
+from keyrotor.aws.rate_limits import parse_rate
 from keyrotor.settings import (
     DEFAULT_SYNC_INTERVAL,
+    DEFAULT_WORKERS,
     EVENT_MODE_SYNC_INTERVAL,
     AllowRule,
     Settings,
@@ -33,7 +35,8 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
         "--namespace",
         action="append",
         default=None,
-        help="watch only this namespace (repeatable); default all",
+        help="watch only this namespace (repeatable, or comma separated; kopf's globs and "
+        "!exclusions); default all",
     )
     run.add_argument(
         "--cluster-name",
@@ -86,6 +89,23 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_shard_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: one shard of several (keyrotor.shards)."""
+    run.add_argument(
+        "--shard",
+        default=_env("SHARD", ""),
+        help="this process is one shard of several: its name (in claims, its Lease, its "
+        "finalizer and its event queue); default: one unsharded operator",
+    )
+    run.add_argument(
+        "--selector",
+        default=_env("SELECTOR", ""),
+        metavar="LABEL_SELECTOR",
+        help="serve only the objects whose labels match (as kubectl -l: a=b, a!=b, a in (x,y), "
+        "a notin (x), a, !a); needs --shard",
+    )
+
+
 def _add_run_aws_flags(run: argparse.ArgumentParser) -> None:
     """keyrotor run: the rotation role, who may claim which user, KMS keys."""
     run.add_argument(
@@ -107,6 +127,30 @@ def _add_run_aws_flags(run: argparse.ArgumentParser) -> None:
         metavar="KEY_ARN",
         help="a customer managed KMS key objects may use in spec.secretsManager.kmsKeyId "
         "(repeatable; any other key is refused on the object)",
+    )
+
+
+def _add_run_scale_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: objects worked on at once, and AWS requests per second."""
+    run.add_argument(
+        "--sync-workers",
+        type=int,
+        default=_env("SYNC_WORKERS", str(DEFAULT_WORKERS)),
+        help=f"objects the sync loop works on at once (default {DEFAULT_WORKERS})",
+    )
+    run.add_argument(
+        "--reconcile-workers",
+        type=int,
+        default=_env("RECONCILE_WORKERS", str(DEFAULT_WORKERS)),
+        help=f"objects reconciled at once (kopf's handler threads; default {DEFAULT_WORKERS})",
+    )
+    run.add_argument(
+        "--aws-rate",
+        action="append",
+        default=None,
+        metavar="FAMILY=RATE",
+        help="requests per second for one AWS API family instead of its default, e.g. "
+        "iam:write=5 (repeatable; families and defaults: README, Scale)",
     )
 
 
@@ -178,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the operator (each flag also as KEYROTOR_*)")
     for add in (
         _add_run_loop_flags,
+        _add_run_shard_flags,
         _add_run_aws_flags,
+        _add_run_scale_flags,
         _add_run_endpoint_flags,
         _add_run_leader_flags,
     ):
@@ -193,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    namespaces = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
+    given = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
+    namespaces = [part for value in given for part in value.replace(",", " ").split()]
     allow = args.allow if args.allow is not None else _env_list("ALLOW")
     kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
+    aws_rates = args.aws_rate if args.aws_rate is not None else _env_list("AWS_RATE")
     event_mode = bool(args.event_mode)
     default_interval = EVENT_MODE_SYNC_INTERVAL if event_mode else DEFAULT_SYNC_INTERVAL
     sync_interval = args.sync_interval or str(int(default_interval))
@@ -203,6 +251,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cluster_name=args.cluster_name,
         region=args.region or None,
         namespaces=tuple(namespaces),
+        shard_name=args.shard or "",
+        selector=args.selector or "",
         sync_interval=parse_interval_setting("--sync-interval", str(sync_interval)),
         event_mode=event_mode,
         event_queue_url=args.event_queue_url or None,
@@ -215,6 +265,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         installation_recheck=parse_interval_setting(
             "--installation-recheck", str(args.installation_recheck)
         ),
+        sync_workers=args.sync_workers,
+        reconcile_workers=args.reconcile_workers,
+        aws_rates=tuple(parse_rate(text) for text in aws_rates),
         lambda_role_arn=args.lambda_role_arn or None,
         allow=tuple(AllowRule.parse(rule) for rule in allow),
         kms_keys=tuple(kms_keys),

@@ -29,7 +29,7 @@ def finalize(rt: Runtime, body: Mapping[str, Any]) -> None:
         except SpecError:
             return  # never valid: nothing of ours can exist in AWS
         release = ReleaseClaim(
-            iam_user=spec.iam_user, value=claim_value(rt.installation_id, obj.uid)
+            iam_user=spec.iam_user, value=claim_value(rt.claim_identity, obj.uid)
         )
         observed = secrets.describe(rt.aws.secretsmanager, spec.secret_name)
         plan = policies.deletion_plan(spec, observed, uid=obj.uid)

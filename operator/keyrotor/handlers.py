@@ -11,11 +11,10 @@ from typing import Any
 
 import kopf
 
-from keyrotor import deletion, reconcile, sync
+from keyrotor import deletion, metrics, reconcile, sync
 from keyrotor.event_consumer import EventConsumer
 from keyrotor.k8s.client import kopf_session
 from keyrotor.model import (
-    FINALIZER,
     GROUP,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -24,6 +23,7 @@ from keyrotor.model import (
     VERSION,
 )
 from keyrotor.runtime import Runtime, claim_key
+from keyrotor.shards import Shard
 from keyrotor.sync import SyncLoop
 from keyrotor.tenancy import Claim, holds_claim
 
@@ -31,9 +31,25 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
 
 
+def _shard(memo: Any) -> Shard:
+    shard = getattr(memo, "shard", None)
+    return shard if isinstance(shard, Shard) else Shard()
+
+
+def in_shard(*, memo: Any, namespace: str | None, labels: Any, **_: Any) -> bool:
+    """kopf's filter: the object is this process's shard's (always true unsharded)."""
+    return _shard(memo).serves(namespace or "", dict(labels or {}))
+
+
+def not_in_shard(**kwargs: Any) -> bool:
+    return not in_shard(**kwargs)
+
+
 @kopf.on.startup()
 async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    settings.persistence.finalizer = FINALIZER
+    # One finalizer per shard: kopf takes its finalizer off an object its filters no longer
+    # match (it moved to another shard), which must not be the new shard's.
+    settings.persistence.finalizer = _shard(memo).finalizer
     # kopf ignores every annotation under the prefix of its own storage when it compares
     # objects, so it must not be keyrotor.io itself: keyrotor.io/rotate-now has to count.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
@@ -41,9 +57,11 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
-    settings.execution.max_workers = 8
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
+    # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
+    # repairs and finalizers) running at once; the sync loop has workers of its own.
+    settings.execution.max_workers = runtime.settings.reconcile_workers
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
@@ -79,8 +97,11 @@ def claims_by_user(
     name: str,
     uid: str,
     meta: kopf.Meta,
+    memo: Any,
     **_: Any,
 ) -> dict[str, Claim]:
+    """Every object that wants each user, in this shard or not (another shard's object is
+    alive: its claim is never taken as stale)."""
     return {
         claim_key(str(spec.get("iamUser", ""))): Claim(
             namespace=namespace or "",
@@ -88,22 +109,35 @@ def claims_by_user(
             uid=uid,
             created=str(meta.get("creationTimestamp", "")),
             holding=holds_claim(dict(status)),
+            in_shard=_shard(memo).serves(namespace or "", dict(meta.get("labels") or {})),
         )
     }
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE)
+@kopf.on.resume(*RESOURCE, when=in_shard)
+@kopf.on.create(*RESOURCE, when=in_shard)
+@kopf.on.update(*RESOURCE, when=in_shard)
 def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     """Decide about the object now. Waits and retries are the sync loop's (the index says when),
     so nothing here raises for an expected wait."""
     runtime: Runtime = memo.runtime
     runtime.claims_index = kwargs["claims_by_user"]
-    reconcile.converge(runtime, namespace or "", name)
+    with metrics.RECONCILE_IN_FLIGHT.track():
+        reconcile.converge(runtime, namespace or "", name)
 
 
-@kopf.on.delete(*RESOURCE)
+@kopf.on.event(*RESOURCE, when=not_in_shard)
+def object_outside_shard(
+    *, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
+) -> None:
+    """An object this shard does not serve (its labels moved it away, or never matched): it
+    leaves the index, so nothing here acts on it again; the shard that serves it takes over."""
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:
+        reconcile.forget(runtime, namespace or "", name, uid)
+
+
+@kopf.on.delete(*RESOURCE, when=in_shard)
 def finalize_object(*, body: kopf.Body, memo: Any, **_: Any) -> None:
     deletion.finalize(memo.runtime, _plain(body))
 

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -66,10 +67,60 @@ SYNC_SWEEP_SECONDS = Histogram(
     "Duration of one round of the shared sync loop (ListSecrets sweep or focus tick)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+AWS_RATE_LIMIT_WAITS = Counter(
+    "keyrotor_aws_rate_limit_waits_total",
+    "AWS requests that waited for their turn in the client-side rate limit, by API family",
+    ["family"],
+)
+AWS_RATE_LIMIT_WAIT_SECONDS = Counter(
+    "keyrotor_aws_rate_limit_wait_seconds_total",
+    "Seconds AWS requests waited in the client-side rate limit, by API family",
+    ["family"],
+)
+IN_FLIGHT = Gauge(
+    "keyrotor_objects_in_flight",
+    "Objects being worked on now, by path (sync: the sync loop's workers; reconcile: kopf's "
+    "handlers)",
+    ["path"],
+)
+IN_FLIGHT_PEAK = Gauge(
+    "keyrotor_objects_in_flight_peak",
+    "The most objects worked on at once since the operator started, by path",
+    ["path"],
+)
 LEADER = Gauge(
     "keyrotor_leader",
     "1 on the replica that holds the leader Lease and runs the operator, 0 on a standby",
 )
+
+
+class InFlight:
+    """Objects being worked on along one path now, and the most at once (thread-safe)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            IN_FLIGHT.labels(path=self.path).set(self.now)
+            IN_FLIGHT_PEAK.labels(path=self.path).set(self.peak)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
+                IN_FLIGHT.labels(path=self.path).set(self.now)
+
+
+SYNC_IN_FLIGHT = InFlight("sync")
+RECONCILE_IN_FLIGHT = InFlight("reconcile")
+
 
 # Events whose reason marks a rotation starting or failing (the posting side of the outcomes).
 _ROTATION_OUTCOME_BY_EVENT = {

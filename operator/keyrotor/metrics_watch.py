@@ -9,6 +9,7 @@ import kopf
 
 from keyrotor import metrics
 from keyrotor.model import GROUP, PLURAL, VERSION
+from keyrotor.shards import Shard
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -18,11 +19,14 @@ async def object_status_seen(
     body: kopf.Body,
     namespace: str | None,
     name: str | None,
+    memo: Any,
     **_: Any,
 ) -> None:
     if not namespace or not name:
         return
-    if type == "DELETED":
+    shard = getattr(memo, "shard", None)
+    served = not isinstance(shard, Shard) or shard.serves(namespace, dict(body.metadata.labels))
+    if type == "DELETED" or not served:  # another shard reports the objects it serves
         metrics.OBJECTS.gone(namespace, name)
     else:
         metrics.OBJECTS.seen(namespace, name, body)

@@ -108,6 +108,7 @@ class Reason:
     PREVIOUS_KEY_DELETED = "PreviousKeyDeleted"
     SECRET_RETAINED = "SecretRetained"
     SECRET_DELETION_SCHEDULED = "SecretDeletionScheduled"
+    SHARD_CHANGED = "ShardChanged"  # the object moved to another shard, which took it over
 
 
 class ConditionType:

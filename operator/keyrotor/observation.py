@@ -111,7 +111,7 @@ class KeyView:
 class Context:
     """What the planner needs from the settings."""
 
-    installation: str  # this installation's id (tenancy.installation_id)
+    installation: str  # this process's identity in claims (Runtime.claim_identity)
     stuck_after: float  # seconds
     recheck_interval: float  # seconds
     secret_tags: Mapping[str, str]  # the tags this object's own secret carries

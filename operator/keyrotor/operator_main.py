@@ -15,6 +15,7 @@ import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
+from keyrotor.aws.rate_limits import RateLimiter
 from keyrotor.installation import Installation, Target
 from keyrotor.k8s import objects
 from keyrotor.k8s.client import KubeApis
@@ -30,23 +31,34 @@ class StartupError(RuntimeError):
 
 
 def _post_and_count_event(
-    kube: KubeApis, body: dict[str, Any], *, event_type: str, reason: str, message: str
+    kube: KubeApis,
+    instance: str,
+    body: dict[str, Any],
+    *,
+    event_type: str,
+    reason: str,
+    message: str,
 ) -> None:
     metrics.count_event(reason)
-    post_event(kube, body, event_type=event_type, reason=reason, message=message)
+    post_event(kube, body, event_type=event_type, reason=reason, message=message, instance=instance)
 
 
 def make_runtime(settings: Settings) -> Runtime:
+    # Threads that may call AWS or Kubernetes at once: the sync loop's workers, kopf's handler
+    # threads, the loop itself and the event consumer; each client pools that many connections.
+    threads = settings.sync_workers + settings.reconcile_workers + 2
     try:
-        aws = AwsClients.create(settings.region)
-        for client in (aws.iam, aws.sts, aws.secretsmanager, aws.lambda_, aws.sqs, aws.events):
+        aws = AwsClients.create(
+            settings.region, limiter=RateLimiter(dict(settings.aws_rates)), connections=threads
+        )
+        for client in aws.all():
             metrics.count_aws_calls(client)
         identity = aws.sts.get_caller_identity()
     except Exception as exc:
         raise StartupError(f"cannot reach AWS: {error_message(exc)}") from None
     arn = str(identity["Arn"])
     try:
-        kube = KubeApis.create()
+        kube = KubeApis.create(connections=threads)
         cluster_uid = objects.kube_system_uid(kube)
     except Exception as exc:
         raise StartupError(f"cannot reach Kubernetes: {exc}") from None
@@ -56,7 +68,7 @@ def make_runtime(settings: Settings) -> Runtime:
         aws=aws,
         kube=kube,
         installation=Installation(settings, aws, target),
-        emit=partial(_post_and_count_event, kube),
+        emit=partial(_post_and_count_event, kube, settings.shard.reporting_instance),
         installation_id=installation_id(settings.cluster_name, cluster_uid),
     )
 
@@ -145,7 +157,9 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
     elector = elect_leader(settings) if settings.leader_elect else None
     metrics.LEADER.set(1)
-    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime))
+    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime), shard=settings.shard)
+    if settings.shard.name or settings.shard.selector is not None:
+        logging.getLogger(__name__).info("serving %s", settings.shard.describe())
     try:
         kopf.run(
             standalone=True,

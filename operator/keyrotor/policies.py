@@ -58,6 +58,10 @@ from keyrotor.tenancy import (
 )
 
 RETRY_ROTATION_IN_PROGRESS = 10.0
+MOVED_MESSAGE = (
+    "the object's labels moved it to another keyrotor shard, which took over its claim on the "
+    "IAM user (and its secret, key and schedule, unchanged)"
+)
 
 
 # --- Steps: what must exist before a key can rotate ---------------------------------------------
@@ -67,10 +71,12 @@ def claim_step(spec: Spec, obs: Observation) -> TakeClaim | None:
     decision, _ = claim_holder(spec, obs)
     if decision is ClaimDecision.MINE:
         return None
+    moved = decision is ClaimDecision.MOVED
     return TakeClaim(
         iam_user=spec.iam_user,
         value=claim_value(obs.context.installation, obs.obj.uid),
         object_label=f"{obs.obj.namespace}/{obs.obj.name}"[:256],
+        event=normal(Reason.SHARD_CHANGED, MOVED_MESSAGE) if moved else None,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from keyrotor.aws import policies
 from keyrotor.settings import NAME_RE, AllowRule, SettingsError
+from keyrotor.shards import SHARD_NAME_RE
 
 # deploy/examples/iam/: the documents for the kustomize base's installation (cluster my-cluster,
 # us-east-1), placeholders for the account and the OIDC provider. A test keeps them in step.
@@ -105,6 +106,13 @@ def _add_mode_arguments(parser: argparse.ArgumentParser) -> None:
         help="as keyrotor run --event-queue-url: grant consuming that queue instead of "
         "creating keyrotor-<cluster-name>-events",
     )
+    parser.add_argument(
+        "--shard",
+        action="append",
+        default=None,
+        help="as keyrotor run --shard: event mode's rule and queue of this shard (repeatable, "
+        "for one role that several shards share)",
+    )
 
 
 def _add_identity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +174,16 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
         eks_cluster_name=args.eks_cluster_name or None,
         event_mode=bool(args.event_mode),
         event_queue_arn=_queue_arn(args.event_queue_url, args.partition),
+        shards=tuple(_shards(args)),
     )
+
+
+def _shards(args: argparse.Namespace) -> list[str]:
+    shards = args.shard if args.shard is not None else _env_list("SHARD")
+    for shard in shards:
+        if not SHARD_NAME_RE.match(shard):
+            raise ValueError(f"--shard {shard!r}: use 1-30 lowercase letters, digits and '-'")
+    return list(shards)
 
 
 def _queue_arn(url: str | None, partition: str) -> str | None:

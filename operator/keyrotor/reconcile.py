@@ -117,7 +117,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
     settings = rt.settings
     user = iam.get_user(rt.aws.iam, spec.iam_user)
     context = Context(
-        installation=rt.installation_id,
+        installation=rt.claim_identity,
         stuck_after=settings.stuck_after,
         recheck_interval=settings.recheck_interval,
         secret_tags=secret_tags(rt, obj, user.name if user else spec.iam_user),
@@ -262,6 +262,9 @@ def converge(rt: Runtime, namespace: str, name: str) -> None:
                 return
             if body["metadata"].get("deletionTimestamp"):
                 return  # finalize's turn
+            if not rt.settings.shard.serves_body(body):
+                rt.index.remove(namespace, name)  # another shard's now: it takes over
+                return
             decision = decide_and_act(rt, body)
             try:
                 _record(rt, body, decision)
@@ -269,6 +272,17 @@ def converge(rt: Runtime, namespace: str, name: str) -> None:
                 continue  # the object changed since it was read: read again, decide again
             return
         log.info("%s/%s kept changing; deciding again later", namespace, name)
+
+
+def forget(rt: Runtime, namespace: str, name: str, uid: str) -> None:
+    """The object left this process's shard: drop it from the index (under its lock, so a
+    decision under way finishes first and nothing re-adds it afterwards)."""
+    entry = rt.index.get(namespace, name)
+    if entry is None or entry.uid != uid:
+        return
+    with rt.index.lock(namespace, name):
+        rt.index.remove(namespace, name)
+    log.info("%s/%s left %s: no longer served here", namespace, name, rt.settings.shard.describe())
 
 
 def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:

@@ -92,7 +92,9 @@ def refuse_claimed(spec: Spec, obs: Observation) -> Refusal | None:
     object that wants the user (the index) takes it. The message names the holder only when it
     is in the same namespace; the log names it for administrators."""
     decision, winner = claim_holder(spec, obs)
-    if decision is ClaimDecision.MINE or (decision is ClaimDecision.FREE and winner is None):
+    if decision in (ClaimDecision.MINE, ClaimDecision.MOVED):
+        return None
+    if decision is ClaimDecision.FREE and winner is None:
         return None
     tags = obs.user.tags if obs.user else {}
     held = tags.get(CLAIM_TAG)

@@ -41,11 +41,16 @@ class Runtime:
     kube: KubeApis
     installation: Installation
     emit: EventSink
-    installation_id: str = ""  # tenancy.installation_id: claims and secret tags
+    installation_id: str = ""  # tenancy.installation_id: secret tags (and claims, unsharded)
     clock: Callable[[], datetime] = utcnow
     index: ObjectIndex = field(default_factory=ObjectIndex)
     # kopf's index of claims by IAM user (live; filled before the first handler runs).
     claims_index: Mapping[str, Sequence[Claim]] | None = None
+
+    @property
+    def claim_identity(self) -> str:
+        """This process's name in IAM claims: the installation id, plus the shard's name."""
+        return self.settings.shard.identity(self.installation_id)
 
     def claims_for(self, iam_user: str) -> tuple[Claim, ...]:
         if self.claims_index is None:

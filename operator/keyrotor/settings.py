@@ -11,12 +11,18 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from keyrotor.model import parse_duration
+from keyrotor.shards import SHARD_NAME_RE, LabelSelector, Shard
 
 DEFAULT_SYNC_INTERVAL = 300.0
 # In event mode, events announce rotations within seconds; the sweep is only the safety net.
 EVENT_MODE_SYNC_INTERVAL = 1800.0
+# Objects worked on at once, by the sync loop and by kopf's handlers: enough to overlap AWS's
+# and the API server's latency; the rate limits, not the workers, keep AWS under its quotas.
+DEFAULT_WORKERS = 8
+MAX_WORKERS = 64
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
@@ -55,6 +61,10 @@ class Settings:
     cluster_name: str = "default"
     region: str | None = None
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    # Sharding (keyrotor.shards): this process serves the objects its selector matches, under
+    # its own identity in claims. Empty: the one unsharded operator.
+    shard_name: str = ""
+    selector: str = ""
     sync_interval: float = DEFAULT_SYNC_INTERVAL  # seconds between ListSecrets sweeps
     focus_interval: float = 2.0  # seconds between DescribeSecret checks of objects in focus
     stuck_after: float = 900.0  # a pending rotation older than this is stuck (Lambda: 3 x 120s)
@@ -69,6 +79,13 @@ class Settings:
     installation_recheck: float = 900.0
     # Every mirrored key is looked up in IAM's credential report this often (O(1) calls).
     dead_key_check: float = 3600.0
+    # Bounded concurrency: objects the sync loop works on at once (--sync-workers), and kopf's
+    # threads for handlers, i.e. reconciles at once (--reconcile-workers).
+    sync_workers: int = DEFAULT_WORKERS
+    reconcile_workers: int = DEFAULT_WORKERS
+    # --aws-rate FAMILY=RATE: requests per second of an AWS API family, instead of the default
+    # (keyrotor.aws.rate_limits, where the families and their defaults are).
+    aws_rates: tuple[tuple[str, float], ...] = ()
     lambda_role_arn: str | None = None
     # Event mode: Secrets Manager's rotation events (EventBridge -> SQS) say which secret to
     # look at; the queue keyrotor-<cluster>-events unless the user names one.
@@ -95,6 +112,25 @@ class Settings:
             raise SettingsError(
                 f"--cluster-name {self.cluster_name!r}: use 1-40 lowercase letters, digits and '-'"
             )
+        if self.shard_name and not SHARD_NAME_RE.match(self.shard_name):
+            raise SettingsError(
+                f"--shard {self.shard_name!r}: use 1-30 lowercase letters, digits and '-'"
+            )
+        if self.selector:
+            try:
+                LabelSelector.parse(self.selector)
+            except ValueError as exc:
+                raise SettingsError(f"--selector {self.selector!r}: {exc}") from None
+            if not self.shard_name:
+                raise SettingsError(
+                    "--selector: give the shard a name with --shard, so that its claims are its "
+                    "own (shards never take each other's claims)"
+                )
+        if self.event_mode and len(self.cluster_name) + len(self.shard_name) > 46:
+            raise SettingsError(
+                f"--shard {self.shard_name!r}: with --cluster-name {self.cluster_name!r} too long "
+                f"for event mode's rule name (64 characters): at most 46 between them"
+            )
         if self.sync_interval < 10:
             raise SettingsError(f"--sync-interval {self.sync_interval:g}s: must be at least 10s")
         if self.event_queue_url and not self.event_mode:
@@ -103,6 +139,12 @@ class Settings:
             raise SettingsError(
                 f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"
             )
+        for flag, workers in (
+            ("--sync-workers", self.sync_workers),
+            ("--reconcile-workers", self.reconcile_workers),
+        ):
+            if not 1 <= workers <= MAX_WORKERS:
+                raise SettingsError(f"{flag} {workers}: expected 1 to {MAX_WORKERS}")
         for key in self.kms_keys:
             if not KMS_KEY_ARN_RE.match(key):
                 raise SettingsError(
@@ -143,10 +185,17 @@ class Settings:
         host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
         return f"http://{host}:{port}{path}"
 
+    @cached_property
+    def shard(self) -> Shard:
+        """The objects this process serves (everything it watches, unless sharded)."""
+        selector = LabelSelector.parse(self.selector) if self.selector else None
+        return Shard(name=self.shard_name, selector=selector, namespaces=self.namespaces)
+
     @property
     def lease_name(self) -> str:
-        """The leader election Lease: one per installation, in the operator's namespace."""
-        return f"keyrotor-{self.cluster_name}"
+        """The leader election Lease: one per installation (per shard), in the operator's
+        namespace."""
+        return self.shard.lease_name(self.cluster_name)
 
     def default_secret_name(self, namespace: str, name: str) -> str:
         return f"{self.secret_prefix}{namespace}/{name}"

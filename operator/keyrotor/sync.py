@@ -11,7 +11,11 @@ and says when each object is decided about again.
 - the value is read only when the ``AWSCURRENT`` version differs from what is mirrored, and
   Kubernetes is written only then (the decision itself: ``reconcile.converge``).
 
-One object's failure never ends a round for the others: it is logged and backed off.
+Each round's per-object work (decisions, looks, dead-key checks) runs on at most
+``--sync-workers`` threads at once; an object appears at most once in a round, and every path
+that acts on it holds its lock (:meth:`keyrotor.index.ObjectIndex.lock`), so there is still one
+writer per object. A round ends when all its objects are done. One object's failure never ends a
+round for the others: it is logged and backed off.
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from keyrotor import metrics, reconcile
 from keyrotor.aws import credential_report, secrets
 from keyrotor.aws.clients import translate
 from keyrotor.errors import failure_for
-from keyrotor.index import Entry
+from keyrotor.index import Entry, Key
 from keyrotor.k8s.secrets import is_intact
 from keyrotor.mirroring import DUE_CHECK_INTERVAL, needs_decision, scheduled_rotation_due
 from keyrotor.model import TAG_CLUSTER, TAG_NAME, TAG_NAMESPACE, TAG_UID
@@ -43,8 +50,42 @@ DEAD_KEY_REPORT_WAIT = 30.0  # seconds: a credential report being generated is a
 class SyncLoop:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def for_each(self, calls: Iterable[Callable[[], object]]) -> None:
+        """Run each call (one object's work), at most ``sync_workers`` at once; return when all
+        are done. Each call keeps its object's failures to itself (logs and backs off)."""
+        todo = list(calls)
+        if not todo:
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.rt.settings.sync_workers, thread_name_prefix="keyrotor-sync"
+                )
+            pool = self._pool
+
+        def tracked(call: Callable[[], object]) -> None:
+            with metrics.SYNC_IN_FLIGHT.track():
+                call()
+
+        for future in [pool.submit(tracked, call) for call in todo]:
+            future.result()
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._rounds(stop)
+        finally:
+            await asyncio.to_thread(self.close)
+
+    async def _rounds(self, stop: asyncio.Event) -> None:
         next_sweep = 0.0
         next_installation_check = time.monotonic() + self.rt.settings.installation_recheck
         next_dead_key_check = time.monotonic() + self.rt.settings.dead_key_check
@@ -97,13 +138,15 @@ class SyncLoop:
         if report is None:
             return False
         metrics.DEAD_KEY_CHECKS.inc()
-        for entry in entries:
-            try:
-                if self._key_is_dead(entry, report):
-                    self.decide(entry)
-            except Exception as exc:
-                log.warning("%s/%s: %s", entry.namespace, entry.name, failure_for(exc).message)
+        self.for_each(partial(self._check_key, report, entry) for entry in entries)
         return True
+
+    def _check_key(self, report: credential_report.CredentialReport, entry: Entry) -> None:
+        try:
+            if self._key_is_dead(entry, report):
+                self.decide(entry)
+        except Exception as exc:
+            log.warning("%s/%s: %s", entry.namespace, entry.name, failure_for(exc).message)
 
     def _key_is_dead(self, entry: Entry, report: credential_report.CredentialReport) -> bool:
         key_id, user = entry.state.access_key_id or "", entry.state.iam_user or ""
@@ -144,6 +187,7 @@ class SyncLoop:
         if not entries:
             return
         metrics.SYNC_LOOP_SWEEPS.inc()
+        to_decide: dict[Key, Entry] = {}  # each object once a round
         for observed in secrets.list_managed(
             self.rt.aws.secretsmanager,
             tag_key=TAG_CLUSTER,
@@ -155,27 +199,45 @@ class SyncLoop:
             if entry is None or observed.tags.get(TAG_UID) != entry.uid or entry.failures:
                 continue  # not ours, or backing off (its next_check decides)
             if needs_decision(entry.state.mirrored_version, entry.reported_last_rotation, observed):
-                self.decide(entry)
+                to_decide[entry.key] = entry
+        self.for_each(partial(self.decide, entry) for entry in to_decide.values())
 
     def tick(self) -> None:
-        """Decisions that are due; DescribeSecret for the objects in focus."""
+        """Decisions that are due; DescribeSecret for the objects in focus. Which objects need
+        either is decided here, cheaply; the work itself runs on the workers."""
         now = self.rt.clock()
+        calls: list[Callable[[], None]] = []
         for entry in self.rt.index.entries():
             if entry.next_check is not None and now >= entry.next_check:
-                self.decide(entry)
-            elif entry.state.active and entry.state.secret_arn is not None and not entry.failures:
-                try:
-                    self.look(entry, now)
-                except Exception as exc:
-                    log.warning("%s/%s: %s", entry.namespace, entry.name, failure_for(exc).message)
+                calls.append(partial(self.decide, entry))
+            elif self._lookable(entry) and self._wants_look(entry, now):
+                calls.append(partial(self._look_safely, entry, now))
+        self.for_each(calls)
+
+    @staticmethod
+    def _lookable(entry: Entry) -> bool:
+        return entry.state.active and entry.state.secret_arn is not None and not entry.failures
+
+    def _wants_look(self, entry: Entry, now: datetime) -> bool:
+        """In focus, its previous key due, or its scheduled rotation due (and not looked at for
+        30 s); an object whose focus is over leaves it here."""
+        focused = entry.focus_until is not None and now <= entry.focus_until
+        if focused or self._previous_key_due(entry, now) or self._due(entry, now):
+            return True
+        if entry.focus_until is not None:
+            self.rt.index.end_focus(entry.namespace, entry.name, entry.uid)
+        return False
+
+    def _look_safely(self, entry: Entry, now: datetime) -> None:
+        try:
+            self.look(entry, now)
+        except Exception as exc:
+            log.warning("%s/%s: %s", entry.namespace, entry.name, failure_for(exc).message)
 
     def look(self, entry: Entry, now: datetime) -> None:
-        focused = entry.focus_until is not None and now <= entry.focus_until
+        """DescribeSecret, and a decision when AWSCURRENT (or the schedule) moved or the previous
+        key is due."""
         previous_key_due = self._previous_key_due(entry, now)
-        if not (focused or previous_key_due or self._due(entry, now)):
-            if entry.focus_until is not None:
-                self.rt.index.end_focus(entry.namespace, entry.name, entry.uid)
-            return
         observed = secrets.describe(self.rt.aws.secretsmanager, entry.state.secret_arn or "")
         if observed is None:
             return

@@ -10,6 +10,7 @@ from typing import Any
 
 from keyrotor.conditions import find_condition
 from keyrotor.model import NAMESPACES_TAG, ConditionType, Reason
+from keyrotor.shards import installation_of
 
 
 def namespaces_from_tag(value: str) -> set[str]:
@@ -47,6 +48,10 @@ class Claim:
     uid: str
     created: str  # creationTimestamp; the oldest claim wins
     holding: bool = False  # already admitted: it has a secret and is not refused as a Conflict
+    # Served by this process's shard. Objects of other shards count as alive (their claims are
+    # never stale), but only this shard's objects compete for a free user here: across shards
+    # the claim tag, written once and read back, decides.
+    in_shard: bool = True
 
 
 def holds_claim(status: Mapping[str, Any]) -> bool:
@@ -64,14 +69,17 @@ def conflicting_claim(me: Claim, claims: Sequence[Claim]) -> Claim | None:
     one already at work could win by its uid and both would rotate the same user.
     """
     me = next((c for c in claims if c.uid == me.uid), me)  # the index knows whether I hold it
-    others = [c for c in claims if c.uid != me.uid]
+    others = [c for c in claims if c.uid != me.uid and c.in_shard]
     winner = min([me, *others], key=lambda c: (not c.holding, c.created, c.uid))
     return None if winner.uid == me.uid else winner
 
 
 class ClaimDecision(Enum):
     MINE = "Mine"  # the user's claim tag names this object
-    FREE = "Free"  # no claim, or a stale one of this installation: may be taken
+    FREE = "Free"  # no claim, or a stale one of this installation (shard): may be taken
+    # This very object's claim, written by another shard of this installation before the
+    # object's labels moved it here: taken over (the other shard no longer serves it).
+    MOVED = "Moved"
     TAKEN = "Taken"  # another live object (or another installation) holds it
 
 
@@ -87,13 +95,21 @@ def claim_value(installation: str, uid: str) -> str:
 
 def claim_decision(*, mine: str, held: str | None, live_uids: set[str]) -> ClaimDecision:
     """Read the IAM user's claim tag. It is the authority on who rotates the user: the
-    in-memory index cannot see objects that are not indexed yet, nor other installations."""
+    in-memory index cannot see objects that are not indexed yet, nor other installations.
+
+    ``mine`` and ``held`` are ``<identity>/<object uid>``; an identity is the installation id,
+    with ``:<shard>`` for a shard (keyrotor.shards). Only a claim of my own identity can be
+    stale; another shard's claim is never taken, except the one that names this very object
+    (object uids are unique): its labels moved it here, and the shard that wrote it no longer
+    serves it (every path re-reads the object and drops what its shard does not serve)."""
     if held == mine:
         return ClaimDecision.MINE
     if held is None:
         return ClaimDecision.FREE
-    held_installation, _, held_uid = held.rpartition("/")
-    my_installation = mine.rpartition("/")[0]
-    if held_installation == my_installation and held_uid not in live_uids:
+    held_identity, _, held_uid = held.rpartition("/")
+    my_identity, _, my_uid = mine.rpartition("/")
+    if held_identity == my_identity and held_uid not in live_uids:
         return ClaimDecision.FREE  # its object is gone (deleted without its finalizer)
+    if held_uid == my_uid and installation_of(held_identity) == installation_of(my_identity):
+        return ClaimDecision.MOVED
     return ClaimDecision.TAKEN

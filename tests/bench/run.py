@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import socket
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from keyrotor.model import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
 from keyrotor_sandbox.aws import AwsEmulator, Call, CallLog
 from keyrotor_sandbox.kube import KubeApiServer, ensure_binaries
+from tests.bench import bench_limits
 from tests.fixtures.operator import RBAC, Harness
 
 VERSION_ID = "keyrotor.io/version-id"
@@ -146,9 +148,10 @@ def self_usage() -> dict[str, float]:
 class SecretWatcher:
     """Watches the mirrored Secrets of one namespace; records when each version id first shows."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+    def __init__(self, core: client.CoreV1Api, namespace: str, selector: str | None = None) -> None:
         self.core = core
         self.namespace = namespace
+        self.selector = selector or f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
         self.seen: dict[tuple[str, str], float] = {}  # (secret name, version id) -> time.time()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -163,7 +166,7 @@ class SecretWatcher:
         self._stop.set()
 
     def _run(self) -> None:
-        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        selector = self.selector
         while not self._stop.is_set():
             listing = self.core.list_namespaced_secret(self.namespace, label_selector=selector)
             now = time.time()
@@ -505,9 +508,9 @@ class Bench:
 
     # -- 3. many objects from apply to Ready -----------------------------------------------------
 
-    def bench_scale(self, count: int) -> None:
-        say(f"\n== 3. {count} objects from apply to Ready (production intervals)")
-        harness, metrics = self.harness("scale")
+    def bench_scale(self, count: int, extra_args: tuple[str, ...] = ()) -> None:
+        say(f"\n== 3. {count} objects from apply to Ready (production intervals) {extra_args}")
+        harness, metrics = self.harness("scale", *extra_args)
         pid = harness.operator.pid
         assert pid is not None
         samples: list[tuple[float, float]] = []
@@ -516,6 +519,7 @@ class Bench:
             names = self.users(harness, namespace, "s", count)
             idle = proc_status(pid)
             bench_before = self_usage()
+            first_call = len(self.calls)
             began = time.monotonic()
             self.apply(harness, namespace, names)
             applied = time.monotonic()
@@ -530,6 +534,8 @@ class Bench:
             status = proc_status(pid)
             bench_after = self_usage()
             operator_calls = metrics.scrape()["calls"]
+            limits = bench_limits.operator_figures(metrics.url)
+            limits["busiest_second"] = bench_limits.busiest_second(self.calls.since(first_call))
             self.aws.wait_for_rotations(timeout=120)
         finally:
             self.finish(harness)
@@ -547,6 +553,8 @@ class Bench:
             "bench_process_maxrss_mib": bench_after["maxrss_mib"],
             "operator_calls": dict(operator_calls),
             "operator_calls_per_object": sum(operator_calls.values()) / count,
+            "operator_args": list(extra_args),
+            "limits": limits,
             "rss_samples": [
                 (round(t, 1), round(m, 1)) for t, m in samples[:: max(1, len(samples) // 20)]
             ],
@@ -559,6 +567,7 @@ class Bench:
             f"{result['operator_cpu_s']:.0f}s, emulator+bench process CPU "
             f"{result['bench_process_cpu_s']:.0f}s"
         )
+        say(bench_limits.summary(limits))
         self.results["scale"] = result
 
 
@@ -606,9 +615,31 @@ def git_state() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
     parser.add_argument("--objects", type=int, default=200, help="objects for the scale run")
+    parser.add_argument(
+        "--scale-args",
+        default="",
+        help="more `keyrotor run` flags for the scale run, e.g. '--sync-workers 1'",
+    )
     parser.add_argument("--latency-samples", type=int, default=20)
     parser.add_argument(
-        "--which", choices=["all", "calls", "latency", "scale", "events"], default="all"
+        "--which",
+        choices=["all", "calls", "latency", "scale", "events", "sidebyside"],
+        default="all",
+        help="sidebyside is not part of all (about 16 minutes on its own)",
+    )
+    parser.add_argument(
+        "--sbs-objects", type=int, default=20, help="objects for the side-by-side stage"
+    )
+    parser.add_argument(
+        "--sbs-sync-interval",
+        type=float,
+        default=60.0,
+        help="keyrotor's --sync-interval in the side-by-side stage's sweep mode",
+    )
+    parser.add_argument(
+        "--poller-intervals",
+        default="60",
+        help="refresh intervals (s) of the per-object poller, comma separated, run side by side",
     )
     parser.add_argument(
         "--events-objects", type=int, default=20, help="objects for the event-mode stage"
@@ -651,13 +682,24 @@ class Stages:
             self.bench.bench_latency(args.latency_samples, args.sweep_interval)
             yield "latency"
         if which in ("all", "scale"):
-            self.bench.bench_scale(args.objects)
+            self.bench.bench_scale(args.objects, tuple(shlex.split(args.scale_args)))
             yield "scale"
         if which in ("all", "events"):
             from tests.bench.bench_event_mode import bench_events
 
             bench_events(self.bench, args.events_objects, args.latency_samples, args.sweep_interval)
             yield "events"
+        if which == "sidebyside":
+            from tests.bench.bench_sidebyside import bench_sidebyside
+
+            bench_sidebyside(
+                self.bench,
+                objects=args.sbs_objects,
+                samples=args.latency_samples,
+                sync_interval=args.sbs_sync_interval,
+                poller_intervals=[float(v) for v in args.poller_intervals.split(",") if v],
+            )
+            yield "sidebyside"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """boto3 clients, made once per process and shared (clients are thread-safe; sessions are not).
 
 Endpoints and credentials come from boto3's own chain: ``AWS_ENDPOINT_URL`` (and the per-service
-variants), IRSA, EKS Pod Identity, environment variables. Throttling is retried by botocore's
-``standard`` retry mode with backoff.
+variants), IRSA, EKS Pod Identity, environment variables. Every request first takes its turn in
+the client-side rate limit of its API family (:mod:`keyrotor.aws.rate_limits`), so the operator
+stays under AWS's quotas by waiting; throttling that happens anyway (other callers share the
+quotas) is retried by botocore's ``standard`` retry mode with backoff.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from keyrotor import errors
+from keyrotor.aws.rate_limits import RateLimiter
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 6}, user_agent_extra="keyrotor")
 # A long poll holds the connection for up to 20 s: the read timeout must be longer.
 LONG_POLL_CONFIG = RETRY_CONFIG.merge(Config(read_timeout=40))
+DEFAULT_CONNECTIONS = 10  # botocore's own default pool size
 
 
 @dataclass(frozen=True)
@@ -41,20 +45,42 @@ class AwsClients:
     # Event mode only (made by create, which every operator process uses).
     sqs: SQSClient | None = None
     events: EventBridgeClient | None = None
+    limiter: RateLimiter | None = None  # shared by every client above (made by create)
 
     @classmethod
-    def create(cls, region: str | None = None) -> AwsClients:
+    def create(
+        cls,
+        region: str | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
+    ) -> AwsClients:
+        """The operator's clients, all passing through one rate limiter (default rates unless
+        given one); ``connections``: each client's HTTP connection pool (one per thread that may
+        call at once)."""
         session = boto3.session.Session(region_name=region)
         name = session.region_name or "us-east-1"
-        return cls(
-            iam=session.client("iam", config=RETRY_CONFIG),
-            sts=session.client("sts", region_name=name, config=RETRY_CONFIG),
-            secretsmanager=session.client("secretsmanager", region_name=name, config=RETRY_CONFIG),
-            lambda_=session.client("lambda", region_name=name, config=RETRY_CONFIG),
+        pool = Config(max_pool_connections=max(connections, DEFAULT_CONNECTIONS))
+        config, long_poll = RETRY_CONFIG.merge(pool), LONG_POLL_CONFIG.merge(pool)
+        limiter = limiter or RateLimiter()
+        clients = cls(
+            iam=session.client("iam", config=config),
+            sts=session.client("sts", region_name=name, config=config),
+            secretsmanager=session.client("secretsmanager", region_name=name, config=config),
+            lambda_=session.client("lambda", region_name=name, config=config),
             region=name,
-            sqs=session.client("sqs", region_name=name, config=LONG_POLL_CONFIG),
-            events=session.client("events", region_name=name, config=RETRY_CONFIG),
+            sqs=session.client("sqs", region_name=name, config=long_poll),
+            events=session.client("events", region_name=name, config=config),
+            limiter=limiter,
         )
+        for client in clients.all():
+            limiter.install(client)
+        return clients
+
+    def all(self) -> tuple[Any, ...]:
+        """Every client this holds."""
+        made = (self.iam, self.sts, self.secretsmanager, self.lambda_, self.sqs, self.events)
+        return tuple(client for client in made if client is not None)
 
 
 def error_code(exc: BaseException) -> str:

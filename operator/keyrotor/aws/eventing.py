@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from keyrotor.aws.clients import aws_errors, error_code
+from keyrotor.aws.policy_params import event_queue_name, event_rule_name
 from keyrotor.secret_events import (
     API_CALL,
     API_CALL_EVENTS,
@@ -43,12 +44,12 @@ VISIBILITY_TIMEOUT = 60  # a message not deleted (its check failed) comes back a
 RETENTION_SECONDS = 86400  # after a day, the sweep has long since caught what the event said
 
 
-def queue_name(cluster_name: str) -> str:
-    return f"keyrotor-{cluster_name}-events"
+def queue_name(cluster_name: str, shard: str = "") -> str:
+    return event_queue_name(cluster_name, shard)
 
 
-def rule_name(cluster_name: str) -> str:
-    return f"keyrotor-{cluster_name}-secrets"
+def rule_name(cluster_name: str, shard: str = "") -> str:
+    return event_rule_name(cluster_name, shard)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class EventTarget:
     region: str
     account_id: str
     partition: str = "aws"
+    shard: str = ""  # a shard has its own rule and queue: each shard sees every event
 
     def _arn(self, service: str, resource: str) -> str:
         return f"arn:{self.partition}:{service}:{self.region}:{self.account_id}:{resource}"
@@ -73,7 +75,7 @@ class EventTarget:
 
     @property
     def rule_name(self) -> str:
-        return rule_name(self.cluster_name)
+        return rule_name(self.cluster_name, self.shard)
 
     @property
     def rule_arn(self) -> str:
@@ -81,7 +83,7 @@ class EventTarget:
 
     @property
     def queue_name(self) -> str:
-        return queue_name(self.cluster_name)
+        return queue_name(self.cluster_name, self.shard)
 
     @property
     def queue_arn(self) -> str:
@@ -138,15 +140,20 @@ def _same_json(text: str | None, document: Mapping[str, Any]) -> bool:
         return False
 
 
+QUEUE_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
 @aws_errors("sqs")
-def ensure_queue(sqs: SQSClient, target: EventTarget) -> str:
+def ensure_queue(sqs: SQSClient, target: EventTarget, known_url: str | None = None) -> str:
     """The installation's queue with its policy; its URL. Created once; a policy changed out of
-    band is put back; nothing else about an existing queue is touched."""
+    band is put back; nothing else about an existing queue is touched. ``known_url`` (the URL an
+    earlier call returned) saves the ``GetQueueUrl``: reading its policy shows it still exists."""
     policy = queue_policy(target)
     try:
-        url = sqs.get_queue_url(QueueName=target.queue_name)["QueueUrl"]
+        url = known_url or sqs.get_queue_url(QueueName=target.queue_name)["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
     except Exception as exc:
-        if error_code(exc) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+        if error_code(exc) not in QUEUE_GONE:
             raise
         created = sqs.create_queue(
             QueueName=target.queue_name,
@@ -159,7 +166,6 @@ def ensure_queue(sqs: SQSClient, target: EventTarget) -> str:
             },
         )
         return created["QueueUrl"]
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
     if not _same_json(attributes.get("Attributes", {}).get("Policy"), policy):
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
     return url

@@ -220,10 +220,15 @@ def _event_mode_statements(p: PolicyParams) -> list[dict[str, Any]]:
     rule = statement(
         "EnsureItsOwnEventRule",
         ["events:DescribeRule", "events:ListTargetsByRule", "events:PutRule", "events:PutTargets"],
-        p.event_rule_arn,
+        _one_or_list(p.event_rule_arns),
     )
+    queues = _one_or_list(p.event_queues)  # each shard's own (policy --shard), else the one
     consume = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
     if p.event_queue_arn:  # the user's queue: read and consume it, nothing else
-        return [rule, statement("ConsumeTheGivenEventQueue", consume, p.event_queue)]
+        return [rule, statement("ConsumeTheGivenEventQueue", consume, queues)]
     ensure = ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"]
-    return [rule, statement("EnsureAndConsumeItsOwnEventQueue", consume + ensure, p.event_queue)]
+    return [rule, statement("EnsureAndConsumeItsOwnEventQueue", consume + ensure, queues)]
+
+
+def _one_or_list(resources: list[str]) -> list[str] | str:
+    return resources[0] if len(resources) == 1 else resources

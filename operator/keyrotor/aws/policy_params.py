@@ -67,6 +67,18 @@ def boundary_name(cluster_name: str) -> str:
     return f"keyrotor-{cluster_name}-rotation-boundary"
 
 
+def event_rule_name(cluster_name: str, shard: str = "") -> str:
+    """Event mode's rule; each shard has its own (and its own queue), since every shard must see
+    every event (``_`` is in no cluster name: no installation's names meet another's)."""
+    return (
+        f"keyrotor-{cluster_name}_{shard}-secrets" if shard else f"keyrotor-{cluster_name}-secrets"
+    )
+
+
+def event_queue_name(cluster_name: str, shard: str = "") -> str:
+    return f"keyrotor-{cluster_name}_{shard}-events" if shard else f"keyrotor-{cluster_name}-events"
+
+
 def secret_prefix(cluster_name: str) -> str:
     return f"keyrotor/{cluster_name}/"
 
@@ -92,6 +104,7 @@ class PolicyParams:
     eks_cluster_name: str | None = None  # default: cluster_name
     event_mode: bool = False  # keyrotor run --event-mode: the rule and the queue below
     event_queue_arn: str | None = None  # --event-queue-url: the user's queue, used as it is
+    shards: tuple[str, ...] = ()  # keyrotor run --shard: each shard's own rule and queue
 
     def __post_init__(self) -> None:
         if not (self.user_path.startswith("/") and self.user_path.endswith("/")):
@@ -142,12 +155,20 @@ class PolicyParams:
         return self._arn("iam", f"user{self.user_path}*", region=False)
 
     @property
-    def event_rule_arn(self) -> str:
-        return self._arn("events", f"rule/keyrotor-{self.cluster_name}-secrets")
+    def event_rule_arns(self) -> list[str]:
+        return [
+            self._arn("events", f"rule/{event_rule_name(self.cluster_name, shard)}")
+            for shard in self.shards or ("",)
+        ]
 
     @property
-    def event_queue(self) -> str:
-        return self.event_queue_arn or self._arn("sqs", f"keyrotor-{self.cluster_name}-events")
+    def event_queues(self) -> list[str]:
+        if self.event_queue_arn:
+            return [self.event_queue_arn]
+        return [
+            self._arn("sqs", event_queue_name(self.cluster_name, shard))
+            for shard in self.shards or ("",)
+        ]
 
     @property
     def log_group_arn(self) -> str:

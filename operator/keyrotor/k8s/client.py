@@ -23,12 +23,18 @@ class KubeApis:
     apps: client.AppsV1Api
 
     @classmethod
-    def create(cls) -> KubeApis:
+    def create(cls, connections: int = 0) -> KubeApis:
+        """``connections``: the HTTP connection pool, one per thread that may call at once (the
+        client's default is five per CPU)."""
         try:
             config.load_incluster_config()
         except ConfigException:
             config.load_kube_config()
-        api = client.ApiClient()
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(
+            connections, configuration.connection_pool_maxsize
+        )
+        api = client.ApiClient(configuration)
         return cls(
             core=client.CoreV1Api(api),
             custom=client.CustomObjectsApi(api),

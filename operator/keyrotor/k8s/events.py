@@ -20,8 +20,16 @@ MAX_MESSAGE = 1024
 
 
 def post_event(
-    kube: KubeApis, body: dict[str, Any], *, event_type: str, reason: str, message: str
+    kube: KubeApis,
+    body: dict[str, Any],
+    *,
+    event_type: str,
+    reason: str,
+    message: str,
+    instance: str = COMPONENT,
 ) -> None:
+    """``instance`` (reportingInstance) says which operator posted it: ``keyrotor``, or
+    ``keyrotor-<shard>`` for a shard."""
     metadata = body.get("metadata", {})
     namespace = metadata.get("namespace") or "default"
     now = datetime.now(UTC)
@@ -42,7 +50,7 @@ def post_event(
         message=message[:MAX_MESSAGE],
         source=client.V1EventSource(component=COMPONENT),
         reporting_component=COMPONENT,
-        reporting_instance=COMPONENT,
+        reporting_instance=instance,
         first_timestamp=now,
         last_timestamp=now,
         event_time=None,
