@@ -62,6 +62,11 @@ SECRET_EVENTS = Counter(
     "failed and the message comes back)",
     ["outcome"],
 )
+SYNC_LAST_SWEEP_SECONDS = Gauge(
+    "keyrotor_sync_last_sweep_duration_seconds",
+    "Duration of the last ListSecrets sweep of the sync loop (every managed secret compared, and "
+    "the decisions it called for)",
+)
 SYNC_SWEEP_SECONDS = Histogram(
     "keyrotor_sync_sweep_duration_seconds",
     "Duration of one round of the shared sync loop (ListSecrets sweep or focus tick)",

@@ -103,7 +103,9 @@ class SyncLoop:
                         next_dead_key_check = time.monotonic() + wait
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.rt.settings.sync_interval
+                    swept = time.monotonic()
                     await asyncio.to_thread(self.sweep)
+                    metrics.SYNC_LAST_SWEEP_SECONDS.set(time.monotonic() - swept)
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # one bad round must not end the loop
                 log.warning("sync loop round failed: %s", failure_for(exc).message)

@@ -6,8 +6,8 @@ folder first on the operator's PYTHONPATH; nothing else loads it).
   ``tracemalloc.Snapshot.load``) when ``BENCH_TRACEMALLOC_FRAMES`` > 0 started tracing at the
   first import; then write ``<path>.<n>.done``;
 - SIGUSR2: write ``<path>.<n>.holders``: glibc's and pymalloc's own accounts (memory in use and
-  memory kept free), live objects by type, and who holds a sample of the decoded watch events
-  (referrer chains).
+  memory kept free) and live objects by type; with ``BENCH_MEMORY_HOLDERS=1`` also who holds a
+  sample of the decoded watch events (referrer chains: slow, it stops the operator meanwhile).
 """
 
 from __future__ import annotations
@@ -48,8 +48,16 @@ if _PATH:
         _fields_ = [
             (name, ctypes.c_size_t)
             for name in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                "uordblks", "fordblks", "keepcost",
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
             )
         ]
 
@@ -97,7 +105,8 @@ if _PATH:
         lines.append(f"objects: {len(objects)}; decoded watch events alive: {len(events)}")
         lines += [f"{c:8d} {t}" for t, c in counts.most_common(50)]
         mine = {id(objects), id(events), id(lines)}
-        chains = [[e] for e in random.sample(events, min(6, len(events)))]
+        sample = min(6, len(events)) if os.environ.get("BENCH_MEMORY_HOLDERS") else 0
+        chains = [[e] for e in random.sample(events, sample)]
         ended: list[list[object]] = []
         for _depth in range(8):  # one pass over every object per level
             wanted = {id(chain[-1]): chain for chain in chains}
@@ -119,10 +128,15 @@ if _PATH:
             if not chains:
                 break
         chains += ended
-        Path(f"{_next('.holders')}").write_text("\n".join(lines + [
-            " <- ".join(x if isinstance(x, str) else _describe(x) for x in chain)
-            for chain in chains
-        ]))
+        Path(f"{_next('.holders')}").write_text(
+            "\n".join(
+                lines
+                + [
+                    " <- ".join(x if isinstance(x, str) else _describe(x) for x in chain)
+                    for chain in chains
+                ]
+            )
+        )
 
     signal.signal(signal.SIGUSR1, _dump)
     signal.signal(signal.SIGUSR2, _holders)
