@@ -62,6 +62,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
     # repairs and finalizers) running at once; the sync loop has workers of its own.
     settings.execution.max_workers = runtime.settings.reconcile_workers
+    memo.handler_threads = settings.execution.executor  # also for the Secret repairs
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
@@ -143,7 +144,7 @@ def finalize_object(*, body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "secrets", labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE})
-def target_secret_changed(
+async def target_secret_changed(
     *,
     type: str,  # noqa: A002  (kopf's name for the watch event type)
     body: kopf.Body,
@@ -151,12 +152,18 @@ def target_secret_changed(
     memo: Any,
     **_: Any,
 ) -> None:
-    """Put back a mirrored Secret that someone edited or deleted."""
+    """Put back a mirrored Secret that someone edited or deleted. The check needs no I/O and
+    runs here, in the event loop: at start-up every mirrored Secret comes by, and each would
+    otherwise wait for a handler thread behind the reconciles, its worker and body kept alive
+    meanwhile. Only a repair takes one of those threads."""
     runtime: Runtime | None = getattr(memo, "runtime", None)
     owner = (body.get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
     if runtime is None or not owner or not namespace:
         return
-    sync.target_secret_changed(runtime, namespace, owner, _plain(body), deleted=type == "DELETED")
+    entry = sync.secret_needs_repair(runtime, namespace, owner, body, deleted=type == "DELETED")
+    if entry is not None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(memo.handler_threads, SyncLoop(runtime).decide, entry)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

@@ -4,8 +4,8 @@ folder first on the operator's PYTHONPATH; nothing else loads it).
 ``BENCH_MEMORY_DUMP=<path>`` installs two signal handlers:
 - SIGUSR1: collect garbage, write a tracemalloc snapshot to ``<path>.<n>`` (read it with
   ``tracemalloc.Snapshot.load``) when ``BENCH_TRACEMALLOC_FRAMES`` > 0 started tracing at the
-  first import; then write ``<path>.<n>.done``;
-- SIGUSR2: write ``<path>.<n>.holders``: glibc's and pymalloc's own accounts (memory in use and
+  first import; then write ``<path>.<pid>.<n>.done``;
+- SIGUSR2: write ``<path>.<pid>.<n>.holders``: glibc's and pymalloc's own accounts (memory in use and
   memory kept free) and live objects by type; with ``BENCH_MEMORY_HOLDERS=1`` also who holds a
   sample of the decoded watch events (referrer chains: slow, it stops the operator meanwhile).
 """
@@ -35,7 +35,7 @@ if _PATH:
 
     def _next(suffix: str) -> Path:
         _dumps[0] += 1
-        return Path(f"{_PATH}.{_dumps[0]}{suffix}")
+        return Path(f"{_PATH}.{os.getpid()}.{_dumps[0]}{suffix}")
 
     def _dump(_signum: int, _frame: FrameType | None) -> None:
         gc.collect()
