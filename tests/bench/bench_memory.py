@@ -6,28 +6,32 @@ objects are **seeded** in the state the operator leaves them in, and the operato
 usual over all of them:
 
 1. The operator starts with no object: *idle* RSS.
-2. One object (the *template*) is applied and made Ready by the operator, as usual: its IAM
-   user's tags (namespaces, claim), its secret (tags, rotation rules and Lambda, the versions of a
-   first rotation) and its mirrored Secret are what every seeded object copies.
-3. The operator is stopped. For each count N (cumulative): N objects are created in Kubernetes
-   (``spec.iamUser`` only, as in the scale stage), and for each, through the emulator's own API:
-   the IAM user with the template's tags (its own claim value), an access key, the secret
-   created as the operator creates it (the user name only, in the initial version derived from
-   the object's uid) then given the key as AWSCURRENT (``PutSecretValue``: the initial version
-   becomes AWSPREVIOUS, as after the first rotation), rotation configured with the template's
-   Lambda and rules (``RotateSecret`` without rotating), and the mirrored Secret written by the
-   operator's own ``mirror_secret``. What differs from a real first rotation: the key was not
-   made by the Lambda, and the secret has no ``LastRotatedDate``.
-4. The operator starts again, as after a restart: kopf lists all N objects and runs the
-   reconcile of each (``resume``: nothing to do but writing status, Ready), the sync loop
-   sweeps all N secrets. The bench waits for all N Ready (*resume*), then for two more sweeps
-   (``--memory-sync-interval``, default 60 s), sampling RSS every 5 s.
+2. One object (the *template*) is applied and made Ready by the operator, as usual. Its object
+   (kopf's annotation and the finalizer, its status), its IAM user's tags (namespaces, claim),
+   its secret (tags, rotation rules and Lambda) and its mirrored Secret are what every seeded
+   object copies, with its own name, uid, user, ARN, version and key.
+3. The operator is stopped. For each count N (cumulative), N objects in all: the objects are
+   created in Kubernetes (``spec.iamUser`` only, as in the scale stage, plus the template's
+   annotation and finalizer), and for each, through the emulator's own API: the IAM user with
+   the template's tags (its own claim), an access key, the secret created as the operator
+   creates it (the user name only, in the initial version derived from the object's uid) then
+   given the key as AWSCURRENT (``PutSecretValue``: the initial version becomes AWSPREVIOUS, as
+   after the first rotation), rotation configured with the template's Lambda and rules
+   (``RotateSecret`` without rotating), the mirrored Secret written by the operator's own
+   ``mirror_secret``, and the template's status. What differs from a real first rotation: the
+   key was not made by the Lambda, and the secret has no ``LastRotatedDate``.
+4. The operator starts again, as after a restart or a failover: kopf lists all N objects and
+   runs each one's reconcile (``resume``: it finds everything in place), the sync loop sweeps
+   all N secrets every ``--memory-sync-interval`` (default 60 s). The bench waits until every
+   object was reconciled (N reconciles started, as counted by their first call, ``GetUser``,
+   and none running), then for two more sweeps, sampling RSS every 5 s.
 
-Figures per N: *peak* (``VmHWM`` of this start: the resume of N objects), *steady* (``VmRSS``
-after the two sweeps), the last sweep's duration (``keyrotor_sync_last_sweep_duration_seconds``),
-seconds from start to all Ready, and the operator's AWS calls per object in that time. With
-``--memory-accounts`` the operator also reports glibc's and pymalloc's accounts (memory in use,
-memory kept free) at steady state (``tests/bench/tracing/sitecustomize.py``, SIGUSR2).
+Figures per N: *peak* (``VmHWM`` of this start: the resume of N objects at once), *steady*
+(``VmRSS`` after the two sweeps), the last sweep's duration
+(``keyrotor_sync_last_sweep_duration_seconds``), seconds from start to all reconciled, and the
+operator's AWS calls per object in that time. With ``--memory-accounts`` the operator also
+reports glibc's and pymalloc's accounts (memory in use, memory kept free) and its live objects
+by type, when idle and at steady state (``tests/bench/tracing/sitecustomize.py``, SIGUSR2).
 """
 
 from __future__ import annotations
@@ -253,7 +257,9 @@ class Seeder:
         self._parallel(lambda item: self.aws_and_secret(*item), uids.items())
 
 
-def _start(harness: Harness, sync_interval: float, accounts: Path | None) -> int:
+def _start(
+    harness: Harness, sync_interval: float, accounts: Path | None, extra_args: tuple[str, ...]
+) -> int:
     """The operator, as the other stages start it; its metrics port."""
     port = free_port()
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "BENCH_MEMORY_DUMP")}
@@ -267,6 +273,7 @@ def _start(harness: Harness, sync_interval: float, accounts: Path | None) -> int
             str(port),
             "--sync-interval",
             f"{sync_interval:g}",
+            *extra_args,
         )
     finally:
         for key, value in saved.items():
@@ -312,9 +319,10 @@ def _measure(
     total: int,
     sync_interval: float,
     accounts: Path | None,
+    extra_args: tuple[str, ...],
 ) -> dict[str, Any]:
     began = time.monotonic()
-    port = _start(harness, sync_interval, accounts)
+    port = _start(harness, sync_interval, accounts, extra_args)
     pid = harness.operator.pid
     assert pid is not None
     sampler = RssSampler(pid)
@@ -371,17 +379,30 @@ def _measure(
 
 
 def bench_memory(
-    bench: Bench, counts: list[int], sync_interval: float, accounts: bool = False
+    bench: Bench,
+    counts: list[int],
+    sync_interval: float,
+    accounts: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> None:
-    say(f"\n== 7. Memory at steady state (N = {counts}, --sync-interval {sync_interval:g})")
+    say(
+        f"\n== 7. Memory at steady state (N = {counts}, --sync-interval {sync_interval:g}) "
+        f"{' '.join(extra_args)}"
+    )
     dump = bench.log_dir / "memory" / "accounts" if accounts else None
-    harness, _metrics = bench.harness("memory", "--sync-interval", f"{sync_interval:g}")
-    out: dict[str, Any] = {"sync_interval": sync_interval, "runs": []}
+    harness, _metrics = bench.harness(
+        "memory", "--sync-interval", f"{sync_interval:g}", *extra_args
+    )
+    out: dict[str, Any] = {
+        "sync_interval": sync_interval,
+        "operator_args": list(extra_args),
+        "runs": [],
+    }
     try:
         harness.operator.stop()  # again, so that the idle figure is from a start like the others
         if dump is not None:
             dump.parent.mkdir(parents=True, exist_ok=True)
-        _start(harness, sync_interval, dump)
+        _start(harness, sync_interval, dump, extra_args)
         pid = harness.operator.pid
         assert pid is not None
         time.sleep(20)
@@ -404,7 +425,9 @@ def bench_memory(
             seeder.seed(names)
             have = n - 1
             say(f"    seeded {len(names)} objects in {time.monotonic() - seeded:.0f}s")
-            out["runs"].append(_measure(bench, harness, namespace, n, sync_interval, dump))
+            out["runs"].append(
+                _measure(bench, harness, namespace, n, sync_interval, dump, extra_args)
+            )
     finally:
         for process in harness.operators:
             process.stop()

@@ -641,6 +641,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keyrotor's --sync-interval in the memory stage (two sweeps are waited for)",
     )
     parser.add_argument(
+        "--memory-args",
+        default="",
+        help="more `keyrotor run` flags for the memory stage, e.g. '--aws-rate iam:read=200'",
+    )
+    parser.add_argument(
         "--memory-accounts",
         action="store_true",
         help="the memory stage's operator also reports glibc's and pymalloc's accounts",
@@ -726,6 +731,7 @@ class Stages:
                 [int(n) for n in args.memory_objects.split(",") if n],
                 args.memory_sync_interval,
                 accounts=args.memory_accounts,
+                extra_args=tuple(shlex.split(args.memory_args)),
             )
             yield "memory"
 

@@ -5,9 +5,10 @@ folder first on the operator's PYTHONPATH; nothing else loads it).
 - SIGUSR1: collect garbage, write a tracemalloc snapshot to ``<path>.<n>`` (read it with
   ``tracemalloc.Snapshot.load``) when ``BENCH_TRACEMALLOC_FRAMES`` > 0 started tracing at the
   first import; then write ``<path>.<pid>.<n>.done``;
-- SIGUSR2: write ``<path>.<pid>.<n>.holders``: glibc's and pymalloc's own accounts (memory in use and
-  memory kept free) and live objects by type; with ``BENCH_MEMORY_HOLDERS=1`` also who holds a
-  sample of the decoded watch events (referrer chains: slow, it stops the operator meanwhile).
+- SIGUSR2: write ``<path>.<pid>.<n>.holders``: glibc's and pymalloc's own accounts (memory in
+  use and memory kept free) and live objects by type; with ``BENCH_MEMORY_HOLDERS=1`` also who
+  holds a sample of the decoded watch events (referrer chains: slow, it stops the operator
+  meanwhile).
 """
 
 from __future__ import annotations
