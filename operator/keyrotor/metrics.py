@@ -92,6 +92,11 @@ LEADER = Gauge(
     "keyrotor_leader",
     "1 on the replica that holds the leader Lease and runs the operator, 0 on a standby",
 )
+SHARD_INFO = Gauge(
+    "keyrotor_shard_info",
+    "1, labelled with the shard this operator serves (--shard; empty when unsharded)",
+    ["shard"],
+)
 
 
 class InFlight:
