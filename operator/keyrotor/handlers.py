@@ -41,10 +41,6 @@ def in_shard(*, memo: Any, namespace: str | None, labels: Any, **_: Any) -> bool
     return _shard(memo).serves(namespace or "", dict(labels or {}))
 
 
-def not_in_shard(**kwargs: Any) -> bool:
-    return not in_shard(**kwargs)
-
-
 @kopf.on.startup()
 async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # One finalizer per shard: kopf takes its finalizer off an object its filters no longer
@@ -125,17 +121,6 @@ def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: A
     runtime.claims_index = kwargs["claims_by_user"]
     with metrics.RECONCILE_IN_FLIGHT.track():
         reconcile.converge(runtime, namespace or "", name)
-
-
-@kopf.on.event(*RESOURCE, when=not_in_shard)
-def object_outside_shard(
-    *, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
-) -> None:
-    """An object this shard does not serve (its labels moved it away, or never matched): it
-    leaves the index, so nothing here acts on it again; the shard that serves it takes over."""
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is not None:
-        reconcile.forget(runtime, namespace or "", name, uid)
 
 
 @kopf.on.delete(*RESOURCE, when=in_shard)

@@ -173,6 +173,10 @@ def test_object_relabelled_to_the_other_shard_is_taken_over_there(keyrotor: Harn
         return found if found == ["keyrotor.io/finalizer-b"] else None
 
     keyrotor.wait(finalizers, what="shard b's finalizer only")
+    keyrotor.wait(
+        lambda: f"{ns}/mover left shard a" in _logs_of(keyrotor, "a"),
+        what="shard a dropping the object from its index",
+    )
     shard_changed = keyrotor.wait(
         lambda: _reporters(keyrotor, ns, "mover").get("ShardChanged"), what="a ShardChanged Event"
     )
