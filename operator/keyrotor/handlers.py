@@ -13,6 +13,7 @@ import kopf
 
 from keyrotor import deletion, metrics, reconcile, sync
 from keyrotor.event_consumer import EventConsumer
+from keyrotor.k8s.client import kopf_session
 from keyrotor.model import (
     GROUP,
     MANAGED_BY_LABEL,
@@ -57,11 +58,22 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
     # repairs and finalizers) running at once; the sync loop has workers of its own.
     settings.execution.max_workers = runtime.settings.reconcile_workers
+    memo.handler_threads = settings.execution.executor  # also for the Secret repairs
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
     if runtime.settings.event_mode:  # beside the sync loop, stopped with it
         memo.events = EventConsumer(runtime, SyncLoop(runtime)).start()
+
+
+@kopf.on.login()
+async def login(
+    *, logger: kopf.Logger, settings: kopf.OperatorSettings, **_: Any
+) -> kopf.AiohttpSession | None:
+    """The credentials kopf would find itself (in-cluster, else the kubeconfig), on a session
+    with a bounded number of connections (see ``KOPF_CONNECTIONS``)."""
+    info = await asyncio.to_thread(kopf.login_via_client, logger=logger, settings=settings)
+    return kopf_session(info) if info is not None else None
 
 
 @kopf.on.cleanup()
@@ -117,7 +129,7 @@ def finalize_object(*, body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "secrets", labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE})
-def target_secret_changed(
+async def target_secret_changed(
     *,
     type: str,  # noqa: A002  (kopf's name for the watch event type)
     body: kopf.Body,
@@ -125,12 +137,18 @@ def target_secret_changed(
     memo: Any,
     **_: Any,
 ) -> None:
-    """Put back a mirrored Secret that someone edited or deleted."""
+    """Put back a mirrored Secret that someone edited or deleted. The check needs no I/O and
+    runs here, in the event loop: at start-up every mirrored Secret comes by, and each would
+    otherwise wait for a handler thread behind the reconciles, its worker and body kept alive
+    meanwhile. Only a repair takes one of those threads."""
     runtime: Runtime | None = getattr(memo, "runtime", None)
     owner = (body.get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
     if runtime is None or not owner or not namespace:
         return
-    sync.target_secret_changed(runtime, namespace, owner, _plain(body), deleted=type == "DELETED")
+    entry = sync.secret_needs_repair(runtime, namespace, owner, body, deleted=type == "DELETED")
+    if entry is not None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(memo.handler_threads, SyncLoop(runtime).decide, entry)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
