@@ -625,7 +625,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--which",
         choices=["all", "calls", "latency", "scale", "events", "sidebyside", "memory"],
         default="all",
-        help="sidebyside (about 16 minutes) and memory (depends on --memory-objects) are not "
+        help="sidebyside (14-20 minutes) and memory (depends on --memory-objects) are not "
         "part of all",
     )
     parser.add_argument(
