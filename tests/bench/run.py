@@ -691,9 +691,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-samples", type=int, default=20)
     parser.add_argument(
         "--which",
-        choices=["all", "calls", "latency", "scale", "events", "sidebyside"],
+        choices=["all", "calls", "latency", "scale", "events", "sidebyside", "memory"],
         default="all",
-        help="sidebyside is not part of all (about 16 minutes on its own)",
+        help="sidebyside (14-20 minutes) and memory (depends on --memory-objects) are not "
+        "part of all",
+    )
+    parser.add_argument(
+        "--memory-objects",
+        default="1000",
+        help="object counts for the memory stage, comma separated (cumulative), e.g. "
+        "1000,3000,10000",
+    )
+    parser.add_argument(
+        "--memory-sync-interval",
+        type=float,
+        default=60.0,
+        help="keyrotor's --sync-interval in the memory stage (two sweeps are waited for)",
+    )
+    parser.add_argument(
+        "--memory-args",
+        default="",
+        help="more `keyrotor run` flags for the memory stage, e.g. '--aws-rate iam:read=200'",
+    )
+    parser.add_argument(
+        "--memory-accounts",
+        action="store_true",
+        help="the memory stage's operator also reports glibc's and pymalloc's accounts",
     )
     parser.add_argument(
         "--sbs-objects", type=int, default=20, help="objects for the side-by-side stage"
@@ -768,6 +791,17 @@ class Stages:
                 poller_intervals=[float(v) for v in args.poller_intervals.split(",") if v],
             )
             yield "sidebyside"
+        if which == "memory":
+            from tests.bench.bench_memory import bench_memory
+
+            bench_memory(
+                self.bench,
+                [int(n) for n in args.memory_objects.split(",") if n],
+                args.memory_sync_interval,
+                accounts=args.memory_accounts,
+                extra_args=tuple(shlex.split(args.memory_args)),
+            )
+            yield "memory"
 
 
 def main(argv: list[str] | None = None) -> int:
