@@ -11,7 +11,8 @@ from typing import Any
 from keyrotor import policies
 from keyrotor.aws import secrets
 from keyrotor.executor import Done, execute
-from keyrotor.model import SpecError
+from keyrotor.k8s import objects
+from keyrotor.model import FINALIZER, SpecError
 from keyrotor.outcome import ReleaseClaim
 from keyrotor.reconcile import object_view, parse
 from keyrotor.runtime import Runtime
@@ -24,15 +25,22 @@ def finalize(rt: Runtime, body: Mapping[str, Any]) -> None:
     obj = object_view(body)
     with rt.index.lock(obj.namespace, obj.name):
         rt.index.remove(obj.namespace, obj.name)
-        try:
-            spec = parse(rt, body)
-        except SpecError:
-            return  # never valid: nothing of ours can exist in AWS
-        release = ReleaseClaim(
-            iam_user=spec.iam_user, value=claim_value(rt.claim_identity, obj.uid)
-        )
-        observed = secrets.describe(rt.aws.secretsmanager, spec.secret_name)
-        plan = policies.deletion_plan(spec, observed, uid=obj.uid)
-        done = Done()
-        execute(rt, obj, [release, *plan.actions], None, done)
-        post_events(rt, body, [*done.events, *plan.events])
+        _release_and_apply_policy(rt, body)
+        if rt.settings.shard.finalizer != FINALIZER:
+            # An object from before sharding still carries the unsharded operator's finalizer,
+            # which nobody else removes now: its claim and secret were this shard's to finish.
+            objects.remove_finalizer(rt.kube, dict(body), FINALIZER)
+
+
+def _release_and_apply_policy(rt: Runtime, body: Mapping[str, Any]) -> None:
+    obj = object_view(body)
+    try:
+        spec = parse(rt, body)
+    except SpecError:
+        return  # never valid: nothing of ours can exist in AWS
+    release = ReleaseClaim(iam_user=spec.iam_user, value=claim_value(rt.claim_identity, obj.uid))
+    observed = secrets.describe(rt.aws.secretsmanager, spec.secret_name)
+    plan = policies.deletion_plan(spec, observed, uid=obj.uid)
+    done = Done()
+    execute(rt, obj, [release, *plan.actions], None, done)
+    post_events(rt, body, [*done.events, *plan.events])

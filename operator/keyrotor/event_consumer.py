@@ -1,9 +1,12 @@
 """Event mode: a thread beside the sync loop that long-polls the installation's queue and has the
 sync loop look at exactly the secrets the events name.
 
-- At start (and every ``installation_recheck`` seconds, and after a failure) it ensures the
+- At start (then every :func:`recheck_interval`, and after a failure) it ensures the
   EventBridge rule and, unless the user named a queue, the queue with its policy
-  (:mod:`keyrotor.aws.eventing`).
+  (:mod:`keyrotor.aws.eventing`). A rule or queue broken out of band loses events until then,
+  and what a lost event would have said the safety-net sweep finds within ``sync_interval``:
+  checking them more often than the sweep runs would only add calls (issue 10: event mode's
+  steady-state cost).
 - Each message: :func:`keyrotor.secret_events.parse` says which secret, if any; the object that
   owns it gets one ``DescribeSecret`` and a decision only when ``AWSCURRENT`` moved
   (:meth:`keyrotor.sync.SyncLoop.check`, the focus tick's own path); then the message is
@@ -27,6 +30,7 @@ from keyrotor.aws import eventing
 from keyrotor.aws.clients import error_code
 from keyrotor.errors import failure_for
 from keyrotor.runtime import Runtime
+from keyrotor.settings import Settings
 from keyrotor.sync import SyncLoop
 
 if TYPE_CHECKING:
@@ -36,7 +40,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = (1.0, 5.0, 15.0, 60.0)  # seconds after consecutive failures (ensure or receive)
-QUEUE_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+QUEUE_GONE = eventing.QUEUE_GONE
+
+
+def recheck_interval(settings: Settings) -> float:
+    """Seconds between checks of the rule and the queue: as often as the safety-net sweep, and
+    never more often than the installation's own check (``installation_recheck``)."""
+    return max(settings.installation_recheck, settings.sync_interval)
 
 
 class EventConsumer:
@@ -56,6 +66,7 @@ class EventConsumer:
             shard=rt.settings.shard_name,
         )
         self.queue_url: str | None = None
+        self._given_queue_arn: str | None = None  # a named queue's ARN never changes: read once
         self._ensured_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.run, name="keyrotor-events", daemon=True)
@@ -72,9 +83,12 @@ class EventConsumer:
         """The rule and its target queue; the queue's URL."""
         given = self.rt.settings.event_queue_url
         if given:
-            url, arn = given, eventing.queue_arn(self.sqs, given)
+            if self._given_queue_arn is None:
+                self._given_queue_arn = eventing.queue_arn(self.sqs, given)
+            url, arn = given, self._given_queue_arn
         else:
-            url, arn = eventing.ensure_queue(self.sqs, self.target), self.target.queue_arn
+            url = eventing.ensure_queue(self.sqs, self.target, known_url=self.queue_url)
+            arn = self.target.queue_arn
         if eventing.ensure_rule(self.events, self.target, arn):
             log.info("event mode: rule %s sends to %s", self.target.rule_name, arn)
         return url
@@ -88,13 +102,14 @@ class EventConsumer:
             except Exception as exc:  # one failed poll must not end the consumer
                 if error_code(exc) in QUEUE_GONE:
                     self.queue_url = None  # deleted out of band: ensured again
+                    self._given_queue_arn = None
                 wait = RETRY_AFTER[min(failures, len(RETRY_AFTER) - 1)]
                 failures += 1
                 log.warning("event mode: %s (again in %gs)", failure_for(exc).message, wait)
                 self._stop.wait(wait)
 
     def poll_once(self) -> None:
-        recheck = self.rt.settings.installation_recheck
+        recheck = recheck_interval(self.rt.settings)
         if self.queue_url is None or time.monotonic() - self._ensured_at >= recheck:
             self.queue_url = self.ensure()
             self._ensured_at = time.monotonic()

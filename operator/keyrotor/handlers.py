@@ -13,6 +13,7 @@ import kopf
 
 from keyrotor import deletion, metrics, reconcile, sync
 from keyrotor.event_consumer import EventConsumer
+from keyrotor.k8s.client import kopf_session
 from keyrotor.model import (
     GROUP,
     MANAGED_BY_LABEL,
@@ -28,6 +29,7 @@ from keyrotor.tenancy import Claim, holds_claim
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
+LIST_PAGE_SIZE = 500  # objects per page of kopf's first listing (kubectl's page size)
 
 
 def _shard(memo: Any) -> Shard:
@@ -38,10 +40,6 @@ def _shard(memo: Any) -> Shard:
 def in_shard(*, memo: Any, namespace: str | None, labels: Any, **_: Any) -> bool:
     """kopf's filter: the object is this process's shard's (always true unsharded)."""
     return _shard(memo).serves(namespace or "", dict(labels or {}))
-
-
-def not_in_shard(**kwargs: Any) -> bool:
-    return not in_shard(**kwargs)
 
 
 @kopf.on.startup()
@@ -56,6 +54,12 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
+    # Server-side: only keyrotor's own Secrets come down the Secret watch (a cluster holds many
+    # others, Helm releases of tens of KiB each, which kopf would decode and give a worker of its
+    # own at every start); and the first listing of each kind comes in pages, not as one
+    # response with every object in it.
+    settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+    settings.watching.chunk_size = LIST_PAGE_SIZE
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
@@ -64,11 +68,22 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     # idles (queueing.idle_timeout, 5 s) after its object's last event, so a limit of N would
     # pass at most N objects per ~5 s; the workers are cheap tasks waiting for these threads.
     settings.execution.max_workers = runtime.settings.reconcile_workers
+    memo.handler_threads = settings.execution.executor  # also for the Secret repairs
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
     if runtime.settings.event_mode:  # beside the sync loop, stopped with it
         memo.events = EventConsumer(runtime, SyncLoop(runtime)).start()
+
+
+@kopf.on.login()
+async def login(
+    *, logger: kopf.Logger, settings: kopf.OperatorSettings, **_: Any
+) -> kopf.AiohttpSession | None:
+    """The credentials kopf would find itself (in-cluster, else the kubeconfig), on a session
+    with a bounded number of connections (see ``KOPF_CONNECTIONS``)."""
+    info = await asyncio.to_thread(kopf.login_via_client, logger=logger, settings=settings)
+    return kopf_session(info) if info is not None else None
 
 
 @kopf.on.cleanup()
@@ -118,24 +133,13 @@ def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: A
         reconcile.converge(runtime, namespace or "", name)
 
 
-@kopf.on.event(*RESOURCE, when=not_in_shard)
-def object_outside_shard(
-    *, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
-) -> None:
-    """An object this shard does not serve (its labels moved it away, or never matched): it
-    leaves the index, so nothing here acts on it again; the shard that serves it takes over."""
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is not None:
-        reconcile.forget(runtime, namespace or "", name, uid)
-
-
 @kopf.on.delete(*RESOURCE, when=in_shard)
 def finalize_object(*, body: kopf.Body, memo: Any, **_: Any) -> None:
     deletion.finalize(memo.runtime, _plain(body))
 
 
 @kopf.on.event("v1", "secrets", labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE})
-def target_secret_changed(
+async def target_secret_changed(
     *,
     type: str,  # noqa: A002  (kopf's name for the watch event type)
     body: kopf.Body,
@@ -143,12 +147,18 @@ def target_secret_changed(
     memo: Any,
     **_: Any,
 ) -> None:
-    """Put back a mirrored Secret that someone edited or deleted."""
+    """Put back a mirrored Secret that someone edited or deleted. The check needs no I/O and
+    runs here, in the event loop: at start-up every mirrored Secret comes by, and each would
+    otherwise wait for a handler thread behind the reconciles, its worker and body kept alive
+    meanwhile. Only a repair takes one of those threads."""
     runtime: Runtime | None = getattr(memo, "runtime", None)
     owner = (body.get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
     if runtime is None or not owner or not namespace:
         return
-    sync.target_secret_changed(runtime, namespace, owner, _plain(body), deleted=type == "DELETED")
+    entry = sync.secret_needs_repair(runtime, namespace, owner, body, deleted=type == "DELETED")
+    if entry is not None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(memo.handler_threads, SyncLoop(runtime).decide, entry)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

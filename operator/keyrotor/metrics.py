@@ -11,10 +11,12 @@ Two kinds:
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +64,11 @@ SECRET_EVENTS = Counter(
     "failed and the message comes back)",
     ["outcome"],
 )
+SYNC_LAST_SWEEP_SECONDS = Gauge(
+    "keyrotor_sync_last_sweep_duration_seconds",
+    "Duration of the last ListSecrets sweep of the sync loop (every managed secret compared, and "
+    "the decisions it called for)",
+)
 SYNC_SWEEP_SECONDS = Histogram(
     "keyrotor_sync_sweep_duration_seconds",
     "Duration of one round of the shared sync loop (ListSecrets sweep or focus tick)",
@@ -91,6 +98,11 @@ IN_FLIGHT_PEAK = Gauge(
 LEADER = Gauge(
     "keyrotor_leader",
     "1 on the replica that holds the leader Lease and runs the operator, 0 on a standby",
+)
+SHARD_INFO = Gauge(
+    "keyrotor_shard_info",
+    "1, labelled with the shard this operator serves (--shard; empty when unsharded)",
+    ["shard"],
 )
 
 
@@ -187,35 +199,65 @@ def max_key_age(effective: Mapping[str, Any]) -> float | None:
     return float(seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    """What the scrape needs of one object's status, and nothing else: the watched status itself
+    (conditions with their messages, ``effective``, ...) was kept per object, a few KiB each."""
+
+    iam_user: str
+    ready: str  # "True" or "False"
+    reason: str  # the Ready condition's, or Unknown, or NotObserved
+    version_id: str | None
+    last_rotation: float | None = None
+    max_age: float | None = None
+    next_rotation: float | None = None
+    last_sync: float | None = None
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ObjectRecord:
+        status = body.get("status") or {}
+        generation = (body.get("metadata") or {}).get("generation")
+        conditions = status.get("conditions") or []
+        condition = next((c for c in conditions if c.get("type") == "Ready"), None)
+        ready = "True" if condition and condition.get("status") == "True" else "False"
+        reason = sys.intern(str(condition.get("reason"))) if condition else "Unknown"
+        if generation is not None and status.get("observedGeneration") != generation:
+            ready, reason = "False", "NotObserved"
+        return cls(
+            iam_user=str((body.get("spec") or {}).get("iamUser", "")),
+            ready=ready,
+            reason=reason,
+            version_id=status.get("versionId"),
+            last_rotation=_timestamp(status.get("lastRotationTime")),
+            max_age=max_key_age(status.get("effective") or {}),
+            next_rotation=_timestamp(status.get("nextRotationTime")),
+            last_sync=_timestamp(status.get("lastSyncTime")),
+        )
+
+
 class ObjectStatuses:
-    """The last seen metadata and status of each AccessKeyRotation (no secret values: status
-    holds none), fed by a watch handler; read by the collector at scrape time."""
+    """The last seen state of each AccessKeyRotation, as the scrape needs it (no secret values:
+    status holds none), fed by a watch handler; read by the collector at scrape time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._objects: dict[tuple[str, str], ObjectRecord] = {}
 
     def seen(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        status = dict(body.get("status") or {})
-        record = {
-            "iamUser": str((body.get("spec") or {}).get("iamUser", "")),
-            "generation": (body.get("metadata") or {}).get("generation"),
-            "status": status,
-        }
+        record = ObjectRecord.of(body)
         with self._lock:
             old = self._objects.get((namespace, name))
             self._objects[(namespace, name)] = record
         # A new AWSCURRENT version mirrored (the first key too) while this process watched.
-        before = ((old or {}).get("status") or {}).get("versionId")
-        after = status.get("versionId")
-        if old is not None and after and before != after:
+        after = record.version_id
+        if old is not None and after and old.version_id != after:
             ROTATIONS.labels(outcome="succeeded").inc()
 
     def gone(self, namespace: str, name: str) -> None:
         with self._lock:
             self._objects.pop((namespace, name), None)
 
-    def snapshot(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def snapshot(self) -> dict[tuple[str, str], ObjectRecord]:
         with self._lock:
             return dict(self._objects)
 
@@ -290,33 +332,20 @@ def _object_families() -> dict[str, GaugeMetricFamily]:
 
 
 def _add_object(
-    families: dict[str, GaugeMetricFamily], key: list[str], record: Mapping[str, Any], now: float
+    families: dict[str, GaugeMetricFamily], key: list[str], record: ObjectRecord, now: float
 ) -> tuple[str, str]:
     """One object's samples; returns its (ready, reason) for the counts by reason."""
-    status = record["status"]
-    families["info"].add_metric([*key, record["iamUser"]], 1)
-    condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    ready = "True" if condition and condition.get("status") == "True" else "False"
-    reason = str(condition.get("reason")) if condition else "Unknown"
-    if (
-        record["generation"] is not None
-        and status.get("observedGeneration") != record["generation"]
-    ):
-        ready, reason = "False", "NotObserved"
-    families["ready"].add_metric([*key, reason], 1 if ready == "True" else 0)
-    rotated = _timestamp(status.get("lastRotationTime"))
-    if rotated is not None:
-        families["age"].add_metric(key, now - rotated)
-    limit = max_key_age(status.get("effective") or {})
-    if limit is not None:
-        families["max_age"].add_metric(key, limit)
-    upcoming = _timestamp(status.get("nextRotationTime"))
-    if upcoming is not None:
-        families["next"].add_metric(key, upcoming - now)
-    synced = _timestamp(status.get("lastSyncTime"))
-    if synced is not None:
-        families["sync"].add_metric(key, synced)
-    return ready, reason
+    families["info"].add_metric([*key, record.iam_user], 1)
+    families["ready"].add_metric([*key, record.reason], 1 if record.ready == "True" else 0)
+    if record.last_rotation is not None:
+        families["age"].add_metric(key, now - record.last_rotation)
+    if record.max_age is not None:
+        families["max_age"].add_metric(key, record.max_age)
+    if record.next_rotation is not None:
+        families["next"].add_metric(key, record.next_rotation - now)
+    if record.last_sync is not None:
+        families["sync"].add_metric(key, record.last_sync)
+    return record.ready, record.reason
 
 
 REGISTRY.register(ObjectCollector(OBJECTS))

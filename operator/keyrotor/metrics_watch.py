@@ -1,14 +1,22 @@
-"""kopf registration that feeds the scrape-time metrics (``metrics.OBJECTS``) from the watch
-stream: every AccessKeyRotation event carries the object's current status. No API calls."""
+"""kopf registration on the watch stream of AccessKeyRotation objects (every event carries the
+object's current status and labels; no API calls):
+
+- it feeds the scrape-time metrics (``metrics.OBJECTS``) with the objects this shard serves;
+- an object that left this shard (its labels moved it to another) leaves the index, so nothing
+  here acts on it again (every decision also re-reads the object and checks).
+
+One handler for both: one call per event, as before sharding."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
 
-from keyrotor import metrics
+from keyrotor import metrics, reconcile
 from keyrotor.model import GROUP, PLURAL, VERSION
+from keyrotor.runtime import Runtime
 from keyrotor.shards import Shard
 
 
@@ -30,3 +38,8 @@ async def object_status_seen(
         metrics.OBJECTS.gone(namespace, name)
     else:
         metrics.OBJECTS.seen(namespace, name, body)
+    runtime = getattr(memo, "runtime", None)
+    if not served and isinstance(runtime, Runtime):
+        entry = runtime.index.get(namespace, name)
+        if entry is not None and entry.uid == body.metadata.uid:  # rare: it just left
+            await asyncio.to_thread(reconcile.forget, runtime, namespace, name, entry.uid)

@@ -153,6 +153,7 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
         start_http_server(settings.metrics_port, addr=settings.bind_address)
     runtime = make_runtime(settings)  # fail fast, before kopf starts, with one readable line
     metrics.LEADER.set(0)
+    metrics.SHARD_INFO.labels(shard=settings.shard_name).set(1)
     # Several replicas: only the Lease holder starts the operator. kopf's own peering is not used
     # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
     elector = elect_leader(settings) if settings.leader_elect else None

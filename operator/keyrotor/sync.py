@@ -103,7 +103,9 @@ class SyncLoop:
                         next_dead_key_check = time.monotonic() + wait
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.rt.settings.sync_interval
+                    swept = time.monotonic()
                     await asyncio.to_thread(self.sweep)
+                    metrics.SYNC_LAST_SWEEP_SECONDS.set(time.monotonic() - swept)
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # one bad round must not end the loop
                 log.warning("sync loop round failed: %s", failure_for(exc).message)
@@ -288,16 +290,26 @@ class SyncLoop:
         return due is not None and now >= due
 
 
-def target_secret_changed(
+def secret_needs_repair(
     rt: Runtime, namespace: str, owner: str, body: Mapping[str, Any], *, deleted: bool
-) -> None:
-    """A mirrored Secret was edited or deleted: decide again, which puts it back. keyrotor's own
-    writes (and changes that leave the key alone) are recognised and left alone."""
+) -> Entry | None:
+    """The object whose mirrored Secret was edited or deleted, when it must decide again (which
+    puts the Secret back); None for keyrotor's own writes and changes that leave the key alone.
+    No I/O: cheap enough for the event loop."""
     entry = rt.index.get(namespace, owner)
     if entry is None or not entry.state.active or entry.state.secret_arn is None:
-        return
+        return None
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     data = dict(body.get("data") or {})
     if not deleted and is_intact(annotations, data, entry.state.mirrored_version):
-        return
-    SyncLoop(rt).decide(entry)
+        return None
+    return entry
+
+
+def target_secret_changed(
+    rt: Runtime, namespace: str, owner: str, body: Mapping[str, Any], *, deleted: bool
+) -> None:
+    """A mirrored Secret was edited or deleted: decide again, which puts it back."""
+    entry = secret_needs_repair(rt, namespace, owner, body, deleted=deleted)
+    if entry is not None:
+        SyncLoop(rt).decide(entry)

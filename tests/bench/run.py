@@ -148,9 +148,10 @@ def self_usage() -> dict[str, float]:
 class SecretWatcher:
     """Watches the mirrored Secrets of one namespace; records when each version id first shows."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+    def __init__(self, core: client.CoreV1Api, namespace: str, selector: str | None = None) -> None:
         self.core = core
         self.namespace = namespace
+        self.selector = selector or f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
         self.seen: dict[tuple[str, str], float] = {}  # (secret name, version id) -> time.time()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -165,7 +166,7 @@ class SecretWatcher:
         self._stop.set()
 
     def _run(self) -> None:
-        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        selector = self.selector
         while not self._stop.is_set():
             listing = self.core.list_namespaced_secret(self.namespace, label_selector=selector)
             now = time.time()
@@ -621,7 +622,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency-samples", type=int, default=20)
     parser.add_argument(
-        "--which", choices=["all", "calls", "latency", "scale", "events"], default="all"
+        "--which",
+        choices=["all", "calls", "latency", "scale", "events", "sidebyside", "memory"],
+        default="all",
+        help="sidebyside (14-20 minutes) and memory (depends on --memory-objects) are not "
+        "part of all",
+    )
+    parser.add_argument(
+        "--memory-objects",
+        default="1000",
+        help="object counts for the memory stage, comma separated (cumulative), e.g. "
+        "1000,3000,10000",
+    )
+    parser.add_argument(
+        "--memory-sync-interval",
+        type=float,
+        default=60.0,
+        help="keyrotor's --sync-interval in the memory stage (two sweeps are waited for)",
+    )
+    parser.add_argument(
+        "--memory-args",
+        default="",
+        help="more `keyrotor run` flags for the memory stage, e.g. '--aws-rate iam:read=200'",
+    )
+    parser.add_argument(
+        "--memory-accounts",
+        action="store_true",
+        help="the memory stage's operator also reports glibc's and pymalloc's accounts",
+    )
+    parser.add_argument(
+        "--sbs-objects", type=int, default=20, help="objects for the side-by-side stage"
+    )
+    parser.add_argument(
+        "--sbs-sync-interval",
+        type=float,
+        default=60.0,
+        help="keyrotor's --sync-interval in the side-by-side stage's sweep mode",
+    )
+    parser.add_argument(
+        "--poller-intervals",
+        default="60",
+        help="refresh intervals (s) of the per-object poller, comma separated, run side by side",
     )
     parser.add_argument(
         "--events-objects", type=int, default=20, help="objects for the event-mode stage"
@@ -671,6 +712,28 @@ class Stages:
 
             bench_events(self.bench, args.events_objects, args.latency_samples, args.sweep_interval)
             yield "events"
+        if which == "sidebyside":
+            from tests.bench.bench_sidebyside import bench_sidebyside
+
+            bench_sidebyside(
+                self.bench,
+                objects=args.sbs_objects,
+                samples=args.latency_samples,
+                sync_interval=args.sbs_sync_interval,
+                poller_intervals=[float(v) for v in args.poller_intervals.split(",") if v],
+            )
+            yield "sidebyside"
+        if which == "memory":
+            from tests.bench.bench_memory import bench_memory
+
+            bench_memory(
+                self.bench,
+                [int(n) for n in args.memory_objects.split(",") if n],
+                args.memory_sync_interval,
+                accounts=args.memory_accounts,
+                extra_args=tuple(shlex.split(args.memory_args)),
+            )
+            yield "memory"
 
 
 def main(argv: list[str] | None = None) -> int:

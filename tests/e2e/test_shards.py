@@ -81,15 +81,18 @@ def _reporters(keyrotor: Harness, ns: str, name: str) -> dict[str, set[str]]:
     return found
 
 
-def _served_on_metrics(port: int, ns: str) -> set[str]:
-    """The objects of ``ns`` a shard reports per-object metrics for."""
+def _samples(port: int) -> list[Any]:
     url = f"http://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def _served_on_metrics(port: int, ns: str) -> set[str]:
+    """The objects of ``ns`` a shard reports per-object metrics for."""
     return {
         sample.labels["name"]
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in _samples(port)
         if sample.labels.get("namespace") == ns and "name" in sample.labels
     }
 
@@ -128,6 +131,8 @@ def test_two_shards_each_serve_only_their_own_objects(
             lambda shard=shard: _served_on_metrics(ports[shard], ns) == {f"app-{shard}"},  # type: ignore[misc]
             what=f"shard {shard}'s per-object metrics: only its own object",
         )
+        info = [s.labels for s in _samples(ports[shard]) if s.name == "keyrotor_shard_info"]
+        assert info == [{"shard": shard}]  # what the KeyrotorOperatorDown alert groups by
 
     # The object no shard's selector matches was left alone entirely.
     none = keyrotor.get(ns, "app-none") or {}
@@ -138,7 +143,11 @@ def test_two_shards_each_serve_only_their_own_objects(
     # A mirrored Secret deleted by someone is put back by its own shard only.
     keyrotor.core.delete_namespaced_secret("app-b", ns)
     keyrotor.wait(lambda: keyrotor.secret(ns, "app-b"), what="app-b's Secret put back")
-    assert _reporters(keyrotor, ns, "app-b").get("SecretRepaired") == {"keyrotor-b"}
+    repaired_by = keyrotor.wait(
+        lambda: _reporters(keyrotor, ns, "app-b").get("SecretRepaired"),
+        what="the SecretRepaired Event",  # posted after the Secret and status are written
+    )
+    assert repaired_by == {"keyrotor-b"}
     assert keyrotor.user_keys(users["b"]) == {status["b"]["accessKeyId"]: "Active"}
 
 
@@ -164,6 +173,10 @@ def test_object_relabelled_to_the_other_shard_is_taken_over_there(keyrotor: Harn
         return found if found == ["keyrotor.io/finalizer-b"] else None
 
     keyrotor.wait(finalizers, what="shard b's finalizer only")
+    keyrotor.wait(
+        lambda: f"{ns}/mover left shard a" in _logs_of(keyrotor, "a"),
+        what="shard a dropping the object from its index",
+    )
     shard_changed = keyrotor.wait(
         lambda: _reporters(keyrotor, ns, "mover").get("ShardChanged"), what="a ShardChanged Event"
     )
@@ -199,3 +212,82 @@ def test_object_relabelled_to_the_other_shard_is_taken_over_there(keyrotor: Harn
     keyrotor.delete(ns, "mover")
     keyrotor.wait(lambda: keyrotor.get(ns, "mover") is None, what="finalized by shard b")
     assert _claim(keyrotor, user) is None
+
+
+def test_object_of_the_unsharded_operator_is_taken_over_by_a_shard(keyrotor: Harness) -> None:
+    """From one operator to shards: an object made Ready by an unsharded operator (claim
+    ``<installation>/<uid>``, finalizer keyrotor.io/finalizer) is taken over by the shard its
+    label names once that operator is gone, and finalized by it, both finalizers included."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    unsharded = keyrotor.start_operator("--namespace", ns)  # serves only ns: no overlap here
+    uid = _create(keyrotor, ns, "legacy", user, None)
+    before = keyrotor.wait_ready(ns, "legacy")["status"]
+    assert _claim(keyrotor, user) == f"{keyrotor.installation_id}/{uid}"
+    assert (keyrotor.get(ns, "legacy") or {})["metadata"]["finalizers"] == ["keyrotor.io/finalizer"]
+    unsharded.stop()
+    keyrotor.operators.remove(unsharded)
+
+    keyrotor.patch(ns, "legacy", {"metadata": {"labels": {LABEL: "a"}}})
+    keyrotor.wait(
+        lambda: _claim(keyrotor, user) == f"{keyrotor.installation_id}:a/{uid}",
+        what="shard a's claim on the user",
+    )
+    after = keyrotor.wait_ready(ns, "legacy")["status"]
+    assert (after["secretArn"], after["accessKeyId"]) == (
+        before["secretArn"],
+        before["accessKeyId"],
+    )
+    assert keyrotor.user_keys(user) == {before["accessKeyId"]: "Active"}
+    finalizers = keyrotor.wait(
+        lambda: (
+            (keyrotor.get(ns, "legacy") or {})["metadata"].get("finalizers", [])
+            if "keyrotor.io/finalizer-a"
+            in (keyrotor.get(ns, "legacy") or {})["metadata"].get("finalizers", [])
+            else None
+        ),
+        what="shard a's finalizer",
+    )
+    assert set(finalizers) == {"keyrotor.io/finalizer", "keyrotor.io/finalizer-a"}
+
+    keyrotor.delete(ns, "legacy")
+    keyrotor.wait(lambda: keyrotor.get(ns, "legacy") is None, what="finalized by shard a")
+    assert _claim(keyrotor, user) is None
+    assert _reporters(keyrotor, ns, "legacy").get("SecretRetained") == {"keyrotor-a"}
+
+
+def test_object_moved_from_a_stopped_shard_waits_until_that_shard_lets_go(
+    keyrotor: Harness, ports: dict[str, int]
+) -> None:
+    """The new shard takes over only once the old one let go (its finalizer is off): while
+    shard a is down, shard b refuses to take the claim and says why; the key keeps working.
+    Shard a, back, sees the new labels, lets go, and b takes over."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    uid = _create(keyrotor, ns, "waiter", user, "a")
+    before = keyrotor.wait_ready(ns, "waiter")["status"]
+    keyrotor.operators[SHARDS.index("a")].stop()
+
+    keyrotor.patch(ns, "waiter", {"metadata": {"labels": {LABEL: "b"}}})
+    obj = keyrotor.wait_condition(ns, "waiter", "Ready", "False", "Conflict")
+    assert "keyrotor.io/finalizer-a" in (keyrotor.condition(obj, "Ready") or {})["message"]
+    assert _claim(keyrotor, user) == f"{keyrotor.installation_id}:a/{uid}"  # not taken
+    assert keyrotor.user_keys(user) == {before["accessKeyId"]: "Active"}
+    data = keyrotor.secret_data(keyrotor.secret(ns, "waiter"))
+    assert data["AWS_ACCESS_KEY_ID"] == before["accessKeyId"]
+
+    keyrotor.start_operator(  # shard a again: it sees the new labels and lets go
+        "--shard", "a", "--selector", f"{LABEL}=a", "--metrics-port", str(ports["a"])
+    )
+    keyrotor.wait(
+        lambda: _claim(keyrotor, user) == f"{keyrotor.installation_id}:b/{uid}",
+        what="shard b's claim once shard a let go",
+    )
+    after = keyrotor.wait_ready(ns, "waiter")["status"]
+    assert (after["secretArn"], after["accessKeyId"]) == (
+        before["secretArn"],
+        before["accessKeyId"],
+    )
+    assert (keyrotor.get(ns, "waiter") or {})["metadata"]["finalizers"] == [
+        "keyrotor.io/finalizer-b"
+    ]

@@ -111,3 +111,20 @@ def test_a_given_queues_arn_is_read_from_it(aws: AwsEmulator) -> None:
     sqs = aws.client("sqs")
     url = sqs.create_queue(QueueName=f"mine-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     assert eventing.queue_arn(sqs, url).endswith(url.rsplit("/", 1)[1])
+
+
+def test_a_known_queue_url_is_checked_without_looking_it_up(aws: AwsEmulator) -> None:
+    """The periodic check of a queue the consumer already knows reads its policy only (no
+    GetQueueUrl); a queue deleted out of band is created again."""
+    target, sqs = _target(aws), aws.client("sqs")
+    url = eventing.ensure_queue(sqs, target)
+
+    start = len(aws.calls)
+    assert eventing.ensure_queue(sqs, target, known_url=url) == url
+    assert [c.operation for c in aws.calls.snapshot()[start:]] == ["GetQueueAttributes"]
+
+    sqs.delete_queue(QueueUrl=url)
+    start = len(aws.calls)
+    assert eventing.ensure_queue(sqs, target, known_url=url) == url
+    assert _writes(aws, start) == ["CreateQueue"]
+    assert _policy(aws, url) == eventing.queue_policy(target)

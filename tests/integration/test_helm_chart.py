@@ -48,6 +48,13 @@ VALUES: dict[str, list[str]] = {
         "metrics.dashboard.enabled=true",
     ],
     "allow-rules": ["clusterName=prod-eu-1", "allow={team-a:team-a-*}"],
+    "shards": [
+        "clusterName=prod-eu-1",
+        "shards[0].name=a",
+        "shards[0].selector=keyrotor.io/shard=a",
+        "shards[1].name=b",
+        "shards[1].namespaces={team-b}",
+    ],
 }
 
 
@@ -73,8 +80,8 @@ def render(helm: Path, values: list[str], namespace: str = "keyrotor-system") ->
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered.stdout) if d}
 
 
-def container_env(docs: dict[Any, Any]) -> dict[str, Any]:
-    (container,) = docs[("Deployment", "keyrotor")]["spec"]["template"]["spec"]["containers"]
+def container_env(docs: dict[Any, Any], deployment: str = "keyrotor") -> dict[str, Any]:
+    (container,) = docs[("Deployment", deployment)]["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
@@ -200,6 +207,55 @@ def test_monitoring_values(helm: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Against the real API server.
 # --------------------------------------------------------------------------------------------
+
+
+def test_shards_values_run_one_deployment_per_shard(helm: Path) -> None:
+    docs = render(helm, VALUES["shards"])
+    assert ("Deployment", "keyrotor") not in docs  # no unsharded operator beside the shards
+    selectors = []
+    for shard in ("a", "b"):
+        deployment = docs[("Deployment", f"keyrotor-{shard}")]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["keyrotor.io/shard"] == shard
+        assert deployment["spec"]["template"]["metadata"]["labels"]["keyrotor.io/shard"] == shard
+        assert docs[("PodDisruptionBudget", f"keyrotor-{shard}")]["spec"]["selector"] == {
+            "matchLabels": selector
+        }
+        selectors.append(selector)
+        env = container_env(docs, f"keyrotor-{shard}")
+        assert env["KEYROTOR_SHARD"] == shard
+        assert env["KEYROTOR_LEADER_ELECT"] == "true"  # one Lease per shard
+    assert selectors[0] != selectors[1]
+    env_a, env_b = container_env(docs, "keyrotor-a"), container_env(docs, "keyrotor-b")
+    assert env_a["KEYROTOR_SELECTOR"] == "keyrotor.io/shard=a" and "KEYROTOR_NAMESPACE" not in env_a
+    assert env_b["KEYROTOR_NAMESPACE"] == "team-b" and "KEYROTOR_SELECTOR" not in env_b
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (["shards[0].name=a"], "needs a selector or namespaces"),
+        (["shards[0].name=A", "shards[0].selector=x=a"], "1-30 lowercase"),
+        (["shards[0].selector=x=a"], "1-30 lowercase"),
+        (
+            ["shards[0].name=a", "shards[0].selector=x=a", "shards[1].name=a"],
+            "two shards are named",
+        ),
+        (
+            [
+                "rbac.namespaced=true",
+                "namespaces={team-a}",
+                "shards[0].name=a",
+                "shards[0].namespaces={team-z}",
+            ],
+            "not in namespaces",
+        ),
+    ],
+)
+def test_refuses_bad_shards(helm: Path, values: list[str], says: str) -> None:
+    refused = template(helm, ["clusterName=x", *values])
+    assert refused.returncode != 0
+    assert says in refused.stderr
 
 
 @pytest.fixture(scope="module")

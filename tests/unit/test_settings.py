@@ -72,3 +72,20 @@ def test_cli_exits_with_one_readable_line() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("keyrotor: --cluster-name")
+
+
+@pytest.mark.parametrize(
+    ("argv", "recheck"),
+    [
+        (["run", "--event-mode"], 1800),  # the event-mode sweep's default interval
+        (["run", "--event-mode", "--sync-interval", "1h"], 3600),
+        (["run", "--event-mode", "--sync-interval", "60"], 900),  # never below the installation's
+        (["run", "--event-mode", "--sync-interval", "60", "--installation-recheck", "30"], 60),
+    ],
+)
+def test_event_rule_and_queue_are_checked_as_often_as_the_safety_net_sweep(
+    argv: list[str], recheck: float
+) -> None:
+    from keyrotor.event_consumer import recheck_interval
+
+    assert recheck_interval(settings_from_args(build_parser().parse_args(argv))) == recheck

@@ -140,15 +140,20 @@ def _same_json(text: str | None, document: Mapping[str, Any]) -> bool:
         return False
 
 
+QUEUE_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
 @aws_errors("sqs")
-def ensure_queue(sqs: SQSClient, target: EventTarget) -> str:
+def ensure_queue(sqs: SQSClient, target: EventTarget, known_url: str | None = None) -> str:
     """The installation's queue with its policy; its URL. Created once; a policy changed out of
-    band is put back; nothing else about an existing queue is touched."""
+    band is put back; nothing else about an existing queue is touched. ``known_url`` (the URL an
+    earlier call returned) saves the ``GetQueueUrl``: reading its policy shows it still exists."""
     policy = queue_policy(target)
     try:
-        url = sqs.get_queue_url(QueueName=target.queue_name)["QueueUrl"]
+        url = known_url or sqs.get_queue_url(QueueName=target.queue_name)["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
     except Exception as exc:
-        if error_code(exc) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+        if error_code(exc) not in QUEUE_GONE:
             raise
         created = sqs.create_queue(
             QueueName=target.queue_name,
@@ -161,7 +166,6 @@ def ensure_queue(sqs: SQSClient, target: EventTarget) -> str:
             },
         )
         return created["QueueUrl"]
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
     if not _same_json(attributes.get("Attributes", {}).get("Policy"), policy):
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
     return url

@@ -37,6 +37,32 @@ def patch_status(
 
 
 @kube_errors
+def remove_finalizer(kube: KubeApis, body: dict[str, Any], finalizer: str) -> None:
+    """Take ``finalizer`` off the object, if it is still where ``body`` saw it (a JSON patch
+    that tests first: another finalizer added or removed meanwhile is left alone, and a
+    conflict means try again from a fresh read)."""
+    metadata = body.get("metadata") or {}
+    finalizers = list(metadata.get("finalizers") or [])
+    if finalizer not in finalizers:
+        return
+    path = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+    patch = [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]
+    try:
+        kube.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            metadata["namespace"],
+            PLURAL,
+            metadata["name"],
+            patch,
+            _content_type="application/json-patch+json",
+        )
+    except Exception as exc:
+        if not is_status(exc, 404):
+            raise
+
+
+@kube_errors
 def kube_system_uid(kube: KubeApis) -> str:
     """The kube-system namespace's uid: unique per cluster, stable for the cluster's life.
     A get by name: RBAC can grant exactly this namespace (resourceNames), a list it cannot."""

@@ -14,3 +14,12 @@ app.kubernetes.io/name: keyrotor
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
+
+{{- /* A shard's Deployment name (keyrotor, or keyrotor-<shard>) and its pods' extra label. */ -}}
+{{- define "keyrotor.shardName" -}}
+{{- if .name }}keyrotor-{{ .name }}{{ else }}keyrotor{{ end }}
+{{- end -}}
+
+{{- define "keyrotor.shardLabel" -}}
+{{- with .name }}keyrotor.io/shard: {{ . | quote }}{{ end }}
+{{- end -}}
