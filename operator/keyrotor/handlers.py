@@ -29,6 +29,7 @@ from keyrotor.tenancy import Claim, holds_claim
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
+LIST_PAGE_SIZE = 500  # objects per page of kopf's first listing (kubectl's page size)
 
 
 def _shard(memo: Any) -> Shard:
@@ -53,6 +54,12 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
+    # Server-side: only keyrotor's own Secrets come down the Secret watch (a cluster holds many
+    # others, Helm releases of tens of KiB each, which kopf would decode and give a worker of its
+    # own at every start); and the first listing of each kind comes in pages, not as one
+    # response with every object in it.
+    settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+    settings.watching.chunk_size = LIST_PAGE_SIZE
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret

@@ -74,6 +74,7 @@ def object_view(body: Mapping[str, Any]) -> ObjectView:
         rotate_now=(metadata.get("annotations") or {}).get(ROTATE_NOW_ANNOTATION),
         end_grace=(metadata.get("annotations") or {}).get(END_GRACE_ANNOTATION),
         status=dict(body.get("status") or {}),
+        finalizers=tuple(metadata.get("finalizers") or ()),
     )
 
 
@@ -123,6 +124,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         secret_tags=secret_tags(rt, obj, user.name if user else spec.iam_user),
         namespace_path=f"{settings.secret_prefix}{obj.namespace}/",
         kms_keys=settings.kms_keys,
+        finalizer=settings.shard.finalizer,
     )
     allowed = any(rule.matches(obj.namespace, spec.iam_user) for rule in settings.allow)
     base = Observation(obj=obj, context=context, allowed_by_flag=allowed)

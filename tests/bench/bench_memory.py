@@ -264,7 +264,9 @@ def _start(
     port = free_port()
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "BENCH_MEMORY_DUMP")}
     if accounts is not None:  # read by tests/bench/tracing/sitecustomize.py in the operator
-        os.environ["PYTHONPATH"] = str(TRACING)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(TRACING), saved["PYTHONPATH"]])
+        )
         os.environ["BENCH_MEMORY_DUMP"] = str(accounts)
     try:
         harness.start_operator(

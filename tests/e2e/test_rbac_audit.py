@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -214,6 +215,23 @@ def test_cluster_wide_rbac_is_used_and_enough(harness: Harness) -> None:
     calls = used(events)
     assert calls - shipped == set(), "calls no rule allows"
     assert shipped - calls - NOT_A_REQUEST == set(), "rules never used"
+    # Only keyrotor's own Secrets are listed and watched (the label selector is the server's
+    # to apply), and the first listing of the objects comes in pages.
+    secrets = listed(events, "secrets")
+    assert secrets
+    assert all(
+        query.get("labelSelector") == ["app.kubernetes.io/managed-by=keyrotor"] for query in secrets
+    )
+    assert any(query.get("limit") == ["500"] for query in listed(events, "accesskeyrotations"))
+
+
+def listed(events: list[dict[str, Any]], resource: str) -> list[dict[str, list[str]]]:
+    """The query of every list and watch of ``resource`` (collections, not single objects)."""
+    return [
+        parse_qs(urlsplit(e["requestURI"]).query)
+        for e in events
+        if e["verb"] in ("list", "watch") and e["objectRef"].get("resource") == resource
+    ]
 
 
 def test_namespaced_rbac_is_used_and_enough(harness: Harness, tmp_path: Path) -> None:
