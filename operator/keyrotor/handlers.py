@@ -75,6 +75,9 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
     # repairs and finalizers) running at once; the sync loop has workers of its own.
+    # settings.queueing.worker_limit stays unset: a per-object worker keeps its slot while it
+    # idles (queueing.idle_timeout, 5 s) after its object's last event, so a limit of N would
+    # pass at most N objects per ~5 s; the workers are cheap tasks waiting for these threads.
     settings.execution.max_workers = runtime.settings.reconcile_workers
     memo.handler_threads = settings.execution.executor  # also for the Secret repairs
     memo.runtime = runtime
