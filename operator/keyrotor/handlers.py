@@ -136,12 +136,18 @@ def claims_by_user(
 @kopf.on.create(*RESOURCE, when=in_shard)
 @kopf.on.update(*RESOURCE, when=in_shard)
 def reconcile_object(
-    *, namespace: str | None, name: str, reason: str, memo: Any, **kwargs: Any
+    *, namespace: str | None, name: str, reason: str, meta: kopf.Meta, memo: Any, **kwargs: Any
 ) -> None:
     """Decide about the object now. Waits and retries are the sync loop's (the index says when),
-    so nothing here raises for an expected wait."""
+    so nothing here raises for an expected wait. A body that is keyrotor's own status write
+    (kopf had not written its last-handled-configuration yet, and its consistency wait ran out)
+    was already decided on: the decision that wrote it read the object fresh."""
     runtime: Runtime = memo.runtime
     runtime.claims_index = kwargs["claims_by_user"]
+    version = str(meta.get("resourceVersion") or "")
+    if runtime.index.is_own_write(namespace or "", name, version):
+        metrics.OWN_WRITES_SEEN.labels(reason=str(reason)).inc()
+        return
     with metrics.RECONCILE_IN_FLIGHT.track():
         reconcile.converge(runtime, namespace or "", name, trigger=str(reason))
 

@@ -20,6 +20,7 @@ from keyrotor import metrics
 from keyrotor.outcome import IndexUpdate
 
 FOCUS_AFTER_REQUEST = timedelta(minutes=15)
+OWN_WRITES_KEPT = 4  # status writes remembered per object (ObjectIndex.is_own_write)
 Key = tuple[str, str]
 
 
@@ -61,6 +62,8 @@ class ObjectIndex:
     _entries: dict[Key, Entry] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _object_locks: dict[Key, threading.Lock] = field(default_factory=dict)
+    # The resourceVersions of the last status writes keyrotor made to each object.
+    _own_writes: dict[Key, tuple[str, ...]] = field(default_factory=dict)
 
     @contextmanager
     def lock(self, namespace: str, name: str) -> Iterator[None]:
@@ -172,8 +175,23 @@ class ObjectIndex:
             if entry is not None and entry.uid == uid:
                 self._put(replace(entry, key_created=created, key_verdict=verdict))
 
+    def note_own_write(self, namespace: str, name: str, resource_version: str) -> None:
+        """keyrotor wrote the object's status, which made this resourceVersion."""
+        with self._lock:
+            before = self._own_writes.get((namespace, name), ())
+            self._own_writes[(namespace, name)] = (*before, resource_version)[-OWN_WRITES_KEPT:]
+
+    def is_own_write(self, namespace: str, name: str, resource_version: str) -> bool:
+        """The object as it was right after one of keyrotor's own status writes: a state some
+        decision already read (fresh) and wrote from, so nothing new to decide on."""
+        with self._lock:
+            return bool(resource_version) and resource_version in self._own_writes.get(
+                (namespace, name), ()
+            )
+
     def remove(self, namespace: str, name: str) -> None:
         with self._lock:
+            self._own_writes.pop((namespace, name), None)
             self._entries.pop((namespace, name), None)
             metrics.BACKING_OFF.set(sum(1 for e in self._entries.values() if e.failures))
 

@@ -47,6 +47,12 @@ RECONCILES = Counter(
     "check, a mirrored Secret changed, an event)",
     ["trigger"],
 )
+OWN_WRITES_SEEN = Counter(
+    "keyrotor_own_status_writes_seen_total",
+    "kopf handler runs on a body that is keyrotor's own last status write (kopf's own annotation "
+    "not there yet): no decision, nothing new to decide on",
+    ["reason"],
+)
 ERRORS = Counter("keyrotor_reconcile_errors_total", "Failed reconciles by reason", ["reason"])
 STUCK_CLEARED = Counter("keyrotor_stuck_rotations_cleared_total", "Stuck rotations cleared")
 PREVIOUS_KEY_ACTIONS = Counter(

@@ -52,13 +52,15 @@ def commit(
             to_post.append(normal(ready.reason, ready.message))
     new_status = {**facts, "conditions": merged, "observedGeneration": generation}
     if any(status.get(k) != v for k, v in new_status.items()):
-        objects.patch_status(
+        written = objects.patch_status(
             rt.kube,
             metadata["namespace"],
             metadata["name"],
             new_status,
             resource_version=str(metadata.get("resourceVersion", "")),
         )
+        if written is not None:
+            rt.index.note_own_write(metadata["namespace"], metadata["name"], written)
     post_events(rt, body, to_post)
     return {**status, **new_status}
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from keyrotor import policies, reads
+from keyrotor.index import ObjectIndex
 from keyrotor.mirroring import focus_look_due, rotation_watched
 from keyrotor.model import CLAIM_TAG, NAMESPACES_TAG, WorkloadRef
 from keyrotor.observation import Observation, UserView, initial_version_id
@@ -183,3 +184,17 @@ def test_the_sweep_leaves_a_young_rotation_to_the_focus_looks() -> None:
     assert not rotation_watched(until, NOW, NOW + timedelta(seconds=900), 900)  # maybe stuck
     assert not rotation_watched(None, None, NOW, 900)  # not in focus
     assert not rotation_watched(NOW, NOW - timedelta(seconds=1), NOW + timedelta(seconds=1), 900)
+
+
+def test_own_status_writes_are_recognised_by_their_resource_version() -> None:
+    """A kopf handler run on a body that is keyrotor's own last status write has nothing new
+    to decide on (ObjectIndex.is_own_write); only the last few writes are kept."""
+    index = ObjectIndex()
+    for version in ("11", "12", "13", "14", "15"):
+        index.note_own_write("ns", "app", version)
+    assert index.is_own_write("ns", "app", "15") and index.is_own_write("ns", "app", "12")
+    assert not index.is_own_write("ns", "app", "11")  # forgotten: kept OWN_WRITES_KEPT
+    assert not index.is_own_write("ns", "app", "16")  # a change by someone else
+    assert not index.is_own_write("ns", "other", "15") and not index.is_own_write("ns", "app", "")
+    index.remove("ns", "app")
+    assert not index.is_own_write("ns", "app", "15")

@@ -22,18 +22,21 @@ def get_object(kube: KubeApis, namespace: str, name: str) -> dict[str, Any] | No
 @kube_errors
 def patch_status(
     kube: KubeApis, namespace: str, name: str, status: dict[str, Any], *, resource_version: str
-) -> None:
+) -> str | None:
     """Merge-patch the status subresource, if the object is still at ``resource_version``
     (optimistic concurrency: a ConflictError means decide again from a fresh read). An object
-    deleted meanwhile is nothing to do."""
+    deleted meanwhile is nothing to do. The resourceVersion the write made, if it made one."""
     body = {"metadata": {"resourceVersion": resource_version}, "status": status}
     try:
-        kube.custom.patch_namespaced_custom_object_status(
+        written = kube.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, body
         )
     except Exception as exc:
         if not is_status(exc, 404):
             raise
+        return None
+    version = (written or {}).get("metadata", {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 @kube_errors
