@@ -42,6 +42,7 @@ from keyrotor.mirroring import (
     focus_look_due,
     needs_decision,
     rotation_watched,
+    schedule_moved,
     scheduled_rotation_due,
 )
 from keyrotor.model import TAG_CLUSTER, TAG_NAME, TAG_NAMESPACE, TAG_UID
@@ -267,7 +268,7 @@ class SyncLoop:
         if previous_key_due or needs_decision(
             state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
-            self.decide(entry, observed)
+            self.decide(entry, handed_over(entry, observed))
         self._end_focus_when_mirrored(entry, observed)
 
     def check(self, entry: Entry) -> None:
@@ -280,7 +281,7 @@ class SyncLoop:
         if observed is not None and needs_decision(
             entry.state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
-            self.decide(entry, observed)
+            self.decide(entry, handed_over(entry, observed))
 
     def _end_focus_when_mirrored(self, entry: Entry, observed: Observed) -> None:
         """The rotation we waited for is over and its version mirrored, by this tick or by
@@ -308,6 +309,17 @@ class SyncLoop:
     def _previous_key_due(entry: Entry, now: datetime) -> bool:
         due = entry.state.previous_key_due
         return due is not None and now >= due
+
+
+def handed_over(entry: Entry, observed: Observed) -> Observed | None:
+    """The look's DescribeSecret, for the decision it calls for, unless it may be older than the
+    rotation it shows: finishSecret moves AWSCURRENT before Secrets Manager records
+    LastRotatedDate, and a decision from that answer would report the previous rotation's times
+    (the decision then describes the secret itself)."""
+    moved = observed.current_version != entry.state.mirrored_version
+    if moved and not schedule_moved(entry.reported_last_rotation, observed):
+        return None
+    return observed
 
 
 def secret_needs_repair(
