@@ -49,6 +49,8 @@ class Done:
     events: list[Event] = field(default_factory=list)
     failed: Action | None = None  # the action that stopped the rest
     key_created: tuple[str, datetime] | None = None  # the mirrored key and its CreateDate
+    created_secret: str | None = None  # the ARN of the secret CreateSecret made (not found there)
+    rotation_started: str | None = None  # the version id of the rotation RotateSecret started
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def _ensure_installation(c: Context, a: Any) -> Event | None:
 
 
 def _create_secret(c: Context, a: Any) -> Event | None:
-    secrets.create_managed_secret(
+    c.done.created_secret = secrets.create_managed_secret(
         c.rt.aws.secretsmanager,
         name=a.name,
         iam_user=a.iam_user,
@@ -122,7 +124,7 @@ def _clear_pending(c: Context, a: Any) -> Event | None:
 
 
 def _configure_rotation(c: Context, a: Any) -> Event | None:
-    secrets.configure_rotation(
+    c.done.rotation_started = secrets.configure_rotation(
         c.rt.aws.secretsmanager,
         secret_id=a.arn,
         lambda_arn=a.lambda_arn,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 import kopf
@@ -29,6 +30,15 @@ from keyrotor.tenancy import Claim, holds_claim
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
+# How long kopf waits for the watch to bring back the version of its own last patch before it
+# handles an older body (kopf's default is 5 s). The reconcile writes status before kopf writes
+# its last-handled-configuration annotation, so the watch delivers that status write first, as a
+# body without the annotation: kopf takes it for a new object unless its own patch arrives within
+# this window. When hundreds of objects arrive together the watch lags far more than 5 s (25 s
+# seen at 1,000), and the create handler ran a second time for most objects. A newer event ends
+# the wait at once; only a genuine change whose expected version never comes (a re-list skipped
+# it) waits this long.
+CONSISTENCY_TIMEOUT = 120.0
 LIST_PAGE_SIZE = 500  # objects per page of kopf's first listing (kubectl's page size)
 
 
@@ -47,6 +57,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     # One finalizer per shard: kopf takes its finalizer off an object its filters no longer
     # match (it moved to another shard), which must not be the new shard's.
     settings.persistence.finalizer = _shard(memo).finalizer
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
     # kopf ignores every annotation under the prefix of its own storage when it compares
     # objects, so it must not be keyrotor.io itself: keyrotor.io/rotate-now has to count.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
@@ -64,6 +75,9 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
     # repairs and finalizers) running at once; the sync loop has workers of its own.
+    # settings.queueing.worker_limit stays unset: a per-object worker keeps its slot while it
+    # idles (queueing.idle_timeout, 5 s) after its object's last event, so a limit of N would
+    # pass at most N objects per ~5 s; the workers are cheap tasks waiting for these threads.
     settings.execution.max_workers = runtime.settings.reconcile_workers
     memo.handler_threads = settings.execution.executor  # also for the Secret repairs
     memo.runtime = runtime
@@ -121,13 +135,15 @@ def claims_by_user(
 @kopf.on.resume(*RESOURCE, when=in_shard)
 @kopf.on.create(*RESOURCE, when=in_shard)
 @kopf.on.update(*RESOURCE, when=in_shard)
-def reconcile_object(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+def reconcile_object(
+    *, namespace: str | None, name: str, reason: str, memo: Any, **kwargs: Any
+) -> None:
     """Decide about the object now. Waits and retries are the sync loop's (the index says when),
     so nothing here raises for an expected wait."""
     runtime: Runtime = memo.runtime
     runtime.claims_index = kwargs["claims_by_user"]
     with metrics.RECONCILE_IN_FLIGHT.track():
-        reconcile.converge(runtime, namespace or "", name)
+        reconcile.converge(runtime, namespace or "", name, trigger=str(reason))
 
 
 @kopf.on.delete(*RESOURCE, when=in_shard)
@@ -152,10 +168,13 @@ async def target_secret_changed(
     owner = (body.get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
     if runtime is None or not owner or not namespace:
         return
-    entry = sync.secret_needs_repair(runtime, namespace, owner, body, deleted=type == "DELETED")
-    if entry is not None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(memo.handler_threads, SyncLoop(runtime).decide, entry)
+    deleted = type == "DELETED"
+    if sync.secret_needs_repair(runtime, namespace, owner, body, deleted=deleted) is not None:
+        # In a handler thread, judged again under the object's lock: it may be our own write.
+        repair = partial(
+            sync.target_secret_changed, runtime, namespace, owner, body, deleted=deleted
+        )
+        await asyncio.get_running_loop().run_in_executor(memo.handler_threads, repair)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

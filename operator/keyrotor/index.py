@@ -32,7 +32,9 @@ class Entry:
     name: str
     uid: str
     state: IndexUpdate = field(default_factory=lambda: IndexUpdate(active=False))
-    focus_until: datetime | None = None  # DescribeSecret it on every focus tick until then
+    focus_until: datetime | None = None  # DescribeSecret it on focus ticks until then
+    focus_since: datetime | None = None  # when the current wait began (the last decision)
+    focus_looks: int = 0  # DescribeSecret looks in the current wait (mirroring.focus_look_due)
     # status.lastRotationTime as last written: a rotation whose new version was mirrored before
     # LastRotatedDate moved (finishSecret comes first) still has its schedule to report.
     reported_last_rotation: str | None = None
@@ -91,9 +93,14 @@ class ObjectIndex:
         """A plan's outcome: what the object is now, and when to look at it again."""
         with self._lock:
             entry = self._current(namespace, name, uid)
-            focus_until = entry.focus_until
-            if update.focus:
+            focus_until, focus_since, looks = (
+                entry.focus_until,
+                entry.focus_since,
+                entry.focus_looks,
+            )
+            if update.focus:  # a decision that waits for a rotation: its looks start again
                 focus_until = max(focus_until or now, now + FOCUS_AFTER_REQUEST)
+                focus_since, looks = now, 0
             key_created = entry.key_created
             if update.access_key_id and update.key_created:  # from the Secret's annotation
                 key_created = (update.access_key_id, update.key_created)
@@ -102,6 +109,8 @@ class ObjectIndex:
                     entry,
                     state=update,
                     focus_until=focus_until,
+                    focus_since=focus_since,
+                    focus_looks=looks,
                     reported_last_rotation=reported_last_rotation,
                     next_check=now + timedelta(seconds=recheck_after) if recheck_after else None,
                     failures=0,
@@ -133,7 +142,14 @@ class ObjectIndex:
         with self._lock:
             entry = self._entries.get((namespace, name))
             if entry is not None and entry.uid == uid:
-                self._put(replace(entry, focus_until=None))
+                self._put(replace(entry, focus_until=None, focus_since=None, focus_looks=0))
+
+    def note_look(self, namespace: str, name: str, uid: str) -> None:
+        """One more look at an object in focus."""
+        with self._lock:
+            entry = self._entries.get((namespace, name))
+            if entry is not None and entry.uid == uid:
+                self._put(replace(entry, focus_looks=entry.focus_looks + 1))
 
     def note_due_check(self, namespace: str, name: str, uid: str, now: datetime) -> None:
         with self._lock:

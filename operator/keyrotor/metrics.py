@@ -40,6 +40,13 @@ ROTATIONS = Counter(
     ["outcome"],
 )
 SYNCS = Counter("keyrotor_secret_syncs_total", "Writes of a mirrored Kubernetes Secret", ["cause"])
+RECONCILES = Counter(
+    "keyrotor_reconciles_total",
+    "Decisions about one object (gather, plan, act), by what asked for them: kopf's create, "
+    "update or resume handler, or the operator's own loop (sync: a sweep, a focus look, a due "
+    "check, a mirrored Secret changed, an event)",
+    ["trigger"],
+)
 ERRORS = Counter("keyrotor_reconcile_errors_total", "Failed reconciles by reason", ["reason"])
 STUCK_CLEARED = Counter("keyrotor_stuck_rotations_cleared_total", "Stuck rotations cleared")
 PREVIOUS_KEY_ACTIONS = Counter(

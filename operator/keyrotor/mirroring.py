@@ -295,6 +295,41 @@ def previous_key_work(
 # --- When the sync loop looks (rules of the watch, not of one object's plan) -------------------
 
 
+FOCUS_LOOK_CAP = 30.0  # seconds: the longest gap between two looks at a rotation in focus
+
+
+def focus_look_due(
+    since: datetime | None, looks: int, now: datetime, interval: float, cap: float = FOCUS_LOOK_CAP
+) -> bool:
+    """Whether an object in focus (a rotation requested or running) is looked at
+    (DescribeSecret) now. The looks of one wait come at ``interval`` x 1, 2, 4, 8 ... after it
+    began (2, 4, 8, 16, 32 s at the default), then every ``cap``: a rotation that takes a few
+    seconds is seen at the first or second look, and a long wait (rotations queued behind a
+    busy Lambda, a big batch) costs a few looks, not one every interval. ``looks``: made so far
+    in this wait; ``since``: when it began (None: look now)."""
+    if since is None:
+        return True
+    offset = interval
+    for _ in range(looks):
+        offset += min(cap, offset)
+    return (now - since).total_seconds() >= offset
+
+
+def rotation_watched(
+    focus_until: datetime | None, focus_since: datetime | None, now: datetime, stuck_after: float
+) -> bool:
+    """The object is in focus and its wait began less than ``stuck_after`` ago: a rotation the
+    focus looks follow, too young to be stuck. The sweep leaves its AWSPENDING version to them
+    (it would decide again only to find the rotation running); one older than that is the
+    sweep's to clear."""
+    return (
+        focus_until is not None
+        and focus_since is not None
+        and now <= focus_until
+        and (now - focus_since).total_seconds() < stuck_after
+    )
+
+
 def scheduled_rotation_due(
     next_rotation: datetime | None, window: timedelta, now: datetime
 ) -> bool:

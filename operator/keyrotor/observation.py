@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from keyrotor.model import Spec
+from keyrotor.model import FINALIZER, Spec
 
 
 def deterministic_token(*parts: str) -> str:
@@ -77,6 +77,7 @@ class ObjectView:
     rotate_now: str | None  # the keyrotor.io/rotate-now annotation
     end_grace: str | None = None  # the keyrotor.io/end-grace-period annotation
     status: Mapping[str, Any] = field(default_factory=dict)
+    finalizers: tuple[str, ...] = ()  # whose: one per shard that holds the object
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Context:
     secret_tags: Mapping[str, str]  # the tags this object's own secret carries
     namespace_path: str = ""  # custom secret names stay under it (keyrotor/<cluster>/<ns>/)
     kms_keys: tuple[str, ...] = ()  # the KMS keys objects may use (--kms-key)
+    finalizer: str = FINALIZER  # this process's (one per shard: keyrotor.shards)
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ def refused(plan: Plan, refusal: Refusal, obs: Observation) -> Plan:
     plan.ready = Condition(ConditionType.READY, False, refusal.reason, refusal.message)
     plan.log_detail = refusal.detail
     if refusal.reason != Reason.SUSPENDED:
-        plan.recheck_after = obs.context.recheck_interval
+        plan.recheck_after = refusal.recheck or obs.context.recheck_interval
     return plan
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import partial
 from typing import Any
 
-from keyrotor import errors, policies, refusals
+from keyrotor import errors, metrics, policies, refusals
 from keyrotor.aws import iam, secrets
 from keyrotor.aws.secrets import CurrentKey
 from keyrotor.conditions import Condition
@@ -46,11 +48,15 @@ from keyrotor.observation import (
     KeyView,
     ObjectView,
     Observation,
+    Observed,
+    TargetView,
     UserView,
     initial_version_id,
 )
 from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
+from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, Reads
 from keyrotor.runtime import Runtime
+from keyrotor.secret_events import names_secret
 from keyrotor.status import commit
 from keyrotor.tenancy import authorization_problem
 
@@ -74,6 +80,7 @@ def object_view(body: Mapping[str, Any]) -> ObjectView:
         rotate_now=(metadata.get("annotations") or {}).get(ROTATE_NOW_ANNOTATION),
         end_grace=(metadata.get("annotations") or {}).get(END_GRACE_ANNOTATION),
         status=dict(body.get("status") or {}),
+        finalizers=tuple(metadata.get("finalizers") or ()),
     )
 
 
@@ -111,11 +118,13 @@ class Gathered:
     key: CurrentKey | None = None  # the AWSCURRENT value, with its secret: for the executor only
 
 
-def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
+def gather(rt: Runtime, obj: ObjectView, spec: Spec, reads: Reads | None = None) -> Gathered:
     """What the plan needs, read from IAM, Secrets Manager and Kubernetes. A refused object reads
-    no more than it takes to refuse it, and no secret value."""
+    no more than it takes to refuse it, and no secret value. ``reads``: what this decision read
+    already (each read once, until its own action changed it)."""
     settings = rt.settings
-    user = iam.get_user(rt.aws.iam, spec.iam_user)
+    reads = reads if reads is not None else Reads()
+    user = reads.once(USER, lambda: iam.get_user(rt.aws.iam, spec.iam_user))
     context = Context(
         installation=rt.claim_identity,
         stuck_after=settings.stuck_after,
@@ -123,6 +132,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         secret_tags=secret_tags(rt, obj, user.name if user else spec.iam_user),
         namespace_path=f"{settings.secret_prefix}{obj.namespace}/",
         kms_keys=settings.kms_keys,
+        finalizer=settings.shard.finalizer,
     )
     allowed = any(rule.matches(obj.namespace, spec.iam_user) for rule in settings.allow)
     base = Observation(obj=obj, context=context, allowed_by_flag=allowed)
@@ -136,24 +146,14 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         allowed_by_flag=allowed,
     ):
         return Gathered(Observation(obj=obj, context=context, user=view, allowed_by_flag=allowed))
-    secret = secrets.describe(rt.aws.secretsmanager, spec.secret_name)
-    now = rt.clock()
-    ages: dict[str, float | None] = {}
-    arn = secret.arn if secret is not None else ""
-    for version in secret.stuck_pending if secret is not None else ():
-        created = secrets.version_created(rt.aws.secretsmanager, secret_id=arn, version_id=version)
-        ages[version] = (now - created).total_seconds() if created else None
+    secret = reads.once(
+        DESCRIBED, lambda: secrets.describe(rt.aws.secretsmanager, spec.secret_name)
+    )
+    ages = _pending_ages(rt, secret, reads)
     stuck = any(age is None or age >= settings.stuck_after for age in ages.values())
     # A rotation that stopped: the user's keys say whether the two-key limit stopped it.
-    user_keys = iam.access_keys(rt.aws.iam, user.name) if stuck else {}
-    target = target_secrets.inspect_target(
-        rt.kube,
-        obj.namespace,
-        spec.target_secret_name,
-        obj.uid,
-        profile=spec.profile,
-        labels=spec.target_labels,
-        annotations=spec.target_annotations,
+    user_keys = (
+        reads.once(USER_KEYS, lambda: iam.access_keys(rt.aws.iam, user.name)) if stuck else {}
     )
     observation = Observation(
         obj=obj,
@@ -164,11 +164,39 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec) -> Gathered:
         lambda_arn=rt.installation.known_lambda_arn(),
         secret=secret,
         pending_ages=ages,
-        target=target,
+        target=reads.once(TARGET, partial(_inspect_target, rt, obj, spec)),
         dead_key=_dead_key(rt, obj),
         user_keys=user_keys,
     )
     return _with_key(rt, observation, spec)
+
+
+def _inspect_target(rt: Runtime, obj: ObjectView, spec: Spec) -> TargetView:
+    return target_secrets.inspect_target(
+        rt.kube,
+        obj.namespace,
+        spec.target_secret_name,
+        obj.uid,
+        profile=spec.profile,
+        labels=spec.target_labels,
+        annotations=spec.target_annotations,
+    )
+
+
+def _pending_ages(rt: Runtime, secret: Observed | None, reads: Reads) -> dict[str, float | None]:
+    """Seconds since each AWSPENDING version (not AWSCURRENT) was created; None: unknown."""
+    if secret is None:
+        return {}
+    arn, now = secret.arn, rt.clock()
+
+    def created(version: str) -> datetime | None:
+        return secrets.version_created(rt.aws.secretsmanager, secret_id=arn, version_id=version)
+
+    ages: dict[str, float | None] = {}
+    for version in secret.stuck_pending:
+        when = reads.once((CREATED, version), partial(created, version))
+        ages[version] = (now - when).total_seconds() if when else None
+    return ages
 
 
 def _dead_key(rt: Runtime, obj: ObjectView) -> str | None:
@@ -219,7 +247,11 @@ class Decision:
     failure: errors.Failure | None = None
 
 
-def decide_and_act(rt: Runtime, body: Mapping[str, Any]) -> Decision:
+def decide_and_act(
+    rt: Runtime, body: Mapping[str, Any], observed: Observed | None = None
+) -> Decision:
+    """``observed``: the object's secret as described just before (the look that asked for this
+    decision), used when it is the secret the spec names."""
     obj = object_view(body)
     try:
         spec = parse(rt, body)
@@ -229,18 +261,35 @@ def decide_and_act(rt: Runtime, body: Mapping[str, Any]) -> Decision:
         )
     done = Done()
     plan = Plan(facts={"effective": spec.effective()})
+    reads = Reads()
+    if observed is not None and names_secret(spec.secret_name, observed.arn):
+        reads.seed(DESCRIBED, observed)
     for _step in range(MAX_STEPS):
         # The next decision sees what the actions so far recorded.
         view = replace(obj, status={**obj.status, **done.facts})
         try:
-            gathered = gather(rt, view, spec)
+            gathered = gather(rt, view, spec, reads)
             plan = policies.plan(spec, gathered.observation, rt.clock())
             execute(rt, view, plan.actions, gathered.key, done)
         except Exception as exc:
             return Decision(plan, done, _failed(rt, obj, exc))
         if not plan.again:
             break
+        _forget_what_changed(rt, reads, plan, done, obj.uid)
     return Decision(plan, done)
+
+
+def _forget_what_changed(rt: Runtime, reads: Reads, plan: Plan, done: Done, uid: str) -> None:
+    now = rt.clock()
+    for action in plan.actions:
+        reads.after(
+            action,
+            owner_uid=uid,
+            now=now,
+            created_arn=done.created_secret,
+            started_version=done.rotation_started,
+        )
+    done.created_secret = done.rotation_started = None
 
 
 def _failed(rt: Runtime, obj: ObjectView, exc: Exception) -> errors.Failure:
@@ -251,9 +300,20 @@ def _failed(rt: Runtime, obj: ObjectView, exc: Exception) -> errors.Failure:
     return failure
 
 
-def converge(rt: Runtime, namespace: str, name: str) -> None:
+def converge(
+    rt: Runtime,
+    namespace: str,
+    name: str,
+    *,
+    trigger: str = "sync",
+    observed: Observed | None = None,
+) -> None:
     """Decide about one object and act, as its one writer. Never raises for what AWS or
-    Kubernetes answer: that is a condition, and a time to look again."""
+    Kubernetes answer: that is a condition, and a time to look again. ``trigger``: what asked
+    (kopf's handler reason, or the sync loop), for the reconcile counter; ``observed``: its
+    secret as the look that asked for the decision just described it (not described again)."""
+    metrics.RECONCILES.labels(trigger=trigger).inc()
+    log.debug("%s/%s: deciding (%s)", namespace, name, trigger)
     with rt.index.lock(namespace, name):
         for _attempt in range(MAX_CONFLICTS):
             body = objects.get_object(rt.kube, namespace, name)
@@ -265,7 +325,8 @@ def converge(rt: Runtime, namespace: str, name: str) -> None:
             if not rt.settings.shard.serves_body(body):
                 rt.index.remove(namespace, name)  # another shard's now: it takes over
                 return
-            decision = decide_and_act(rt, body)
+            decision = decide_and_act(rt, body, observed)
+            observed = None  # a conflict: everything is read again
             try:
                 _record(rt, body, decision)
             except errors.ConflictError:

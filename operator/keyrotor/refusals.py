@@ -15,6 +15,7 @@ from keyrotor.model import (
     ADOPT_TAG,
     CLAIM_OBJECT_TAG,
     CLAIM_TAG,
+    FINALIZER,
     TAG_CLUSTER,
     TAG_IAM_USER,
     TAG_INSTALLATION,
@@ -40,6 +41,7 @@ class Refusal:
     reason: str
     message: str  # for the tenant: never another namespace's objects, uids or secret contents
     detail: str = ""  # for the operator log (administrators): who holds what
+    recheck: float | None = None  # seconds; default: the recheck interval
 
 
 # --- Refusals: each says why nothing may be done (yet) ------------------------------------------
@@ -92,7 +94,9 @@ def refuse_claimed(spec: Spec, obs: Observation) -> Refusal | None:
     object that wants the user (the index) takes it. The message names the holder only when it
     is in the same namespace; the log names it for administrators."""
     decision, winner = claim_holder(spec, obs)
-    if decision in (ClaimDecision.MINE, ClaimDecision.MOVED):
+    if decision is ClaimDecision.MOVED:
+        return refuse_until_released(obs)
+    if decision is ClaimDecision.MINE:
         return None
     if decision is ClaimDecision.FREE and winner is None:
         return None
@@ -111,6 +115,33 @@ def refuse_claimed(spec: Spec, obs: Observation) -> Refusal | None:
         f"IAM user {spec.iam_user!r} is already rotated by {by} (IAM tag {CLAIM_TAG}); one IAM "
         f"user is rotated by one object",
         detail=f"IAM user {spec.iam_user} is claimed by {holder} ({CLAIM_TAG}={held})",
+    )
+
+
+SHARD_RELEASE_RECHECK = 5.0  # seconds: the old shard lets go as soon as it sees the new labels
+
+
+def refuse_until_released(obs: Observation) -> Refusal | None:
+    """An object whose labels moved it here from another shard is taken over only once that
+    shard has let it go: kopf takes a shard's finalizer off an object its filters no longer
+    match, so the old shard's finalizer on the object means it may still act on it (it has not
+    seen the new labels yet, it is down, or the two shards' selectors overlap). The unsharded
+    operator's finalizer is no hold: it stays on objects from before sharding (see deletion)."""
+    holders = sorted(
+        f
+        for f in obs.obj.finalizers
+        if f.startswith(f"{FINALIZER}-") and f != obs.context.finalizer
+    )
+    if not holders:
+        return None
+    return Refusal(
+        Reason.CONFLICT,
+        f"this object's labels moved it from another keyrotor shard, which still holds it "
+        f"(finalizer {holders[0]}): it lets go when it sees the new labels; if that shard no "
+        f"longer runs, or its selector matches this object too, fix the shards' selectors, or "
+        f"remove the finalizer",
+        detail=f"waiting for finalizers {holders} to leave before taking over the claim",
+        recheck=SHARD_RELEASE_RECHECK,
     )
 
 

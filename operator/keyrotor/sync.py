@@ -37,7 +37,13 @@ from keyrotor.aws.clients import translate
 from keyrotor.errors import failure_for
 from keyrotor.index import Entry, Key
 from keyrotor.k8s.secrets import is_intact
-from keyrotor.mirroring import DUE_CHECK_INTERVAL, needs_decision, scheduled_rotation_due
+from keyrotor.mirroring import (
+    DUE_CHECK_INTERVAL,
+    focus_look_due,
+    needs_decision,
+    rotation_watched,
+    scheduled_rotation_due,
+)
 from keyrotor.model import TAG_CLUSTER, TAG_NAME, TAG_NAMESPACE, TAG_UID
 from keyrotor.observation import Observed
 from keyrotor.runtime import Runtime
@@ -166,10 +172,11 @@ class SyncLoop:
         )
         return dead is not None
 
-    def decide(self, entry: Entry) -> None:
-        """A new decision on one object; whatever happens stays with that object."""
+    def decide(self, entry: Entry, observed: Observed | None = None) -> None:
+        """A new decision on one object; whatever happens stays with that object. ``observed``:
+        its secret as just described (the decision does not describe it again)."""
         try:
-            reconcile.converge(self.rt, entry.namespace, entry.name)
+            reconcile.converge(self.rt, entry.namespace, entry.name, observed=observed)
         except Exception as exc:
             failure = failure_for(exc)
             log.log(failure.log_level, "%s/%s: %s", entry.namespace, entry.name, failure.message)
@@ -189,6 +196,7 @@ class SyncLoop:
         if not entries:
             return
         metrics.SYNC_LOOP_SWEEPS.inc()
+        now, stuck_after = self.rt.clock(), self.rt.settings.stuck_after
         to_decide: dict[Key, Entry] = {}  # each object once a round
         for observed in secrets.list_managed(
             self.rt.aws.secretsmanager,
@@ -200,7 +208,13 @@ class SyncLoop:
             )
             if entry is None or observed.tags.get(TAG_UID) != entry.uid or entry.failures:
                 continue  # not ours, or backing off (its next_check decides)
-            if needs_decision(entry.state.mirrored_version, entry.reported_last_rotation, observed):
+            watched = rotation_watched(entry.focus_until, entry.focus_since, now, stuck_after)
+            if needs_decision(
+                entry.state.mirrored_version,
+                entry.reported_last_rotation,
+                observed,
+                pending=not watched,
+            ):
                 to_decide[entry.key] = entry
         self.for_each(partial(self.decide, entry) for entry in to_decide.values())
 
@@ -221,12 +235,18 @@ class SyncLoop:
         return entry.state.active and entry.state.secret_arn is not None and not entry.failures
 
     def _wants_look(self, entry: Entry, now: datetime) -> bool:
-        """In focus, its previous key due, or its scheduled rotation due (and not looked at for
-        30 s); an object whose focus is over leaves it here."""
-        focused = entry.focus_until is not None and now <= entry.focus_until
-        if focused or self._previous_key_due(entry, now) or self._due(entry, now):
+        """In focus and its next look due (the looks of one wait back off: focus_look_due), its
+        previous key due, or its scheduled rotation due (and not looked at for 30 s); an object
+        whose focus is over leaves it here."""
+        in_focus = entry.focus_until is not None and now <= entry.focus_until
+        if in_focus and focus_look_due(
+            entry.focus_since, entry.focus_looks, now, self.rt.settings.focus_interval
+        ):
+            self.rt.index.note_look(entry.namespace, entry.name, entry.uid)
             return True
-        if entry.focus_until is not None:
+        if self._previous_key_due(entry, now) or self._due(entry, now):
+            return True
+        if entry.focus_until is not None and not in_focus:
             self.rt.index.end_focus(entry.namespace, entry.name, entry.uid)
         return False
 
@@ -247,7 +267,7 @@ class SyncLoop:
         if previous_key_due or needs_decision(
             state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
-            self.decide(entry)
+            self.decide(entry, observed)
         self._end_focus_when_mirrored(entry, observed)
 
     def check(self, entry: Entry) -> None:
@@ -260,7 +280,7 @@ class SyncLoop:
         if observed is not None and needs_decision(
             entry.state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
-            self.decide(entry)
+            self.decide(entry, observed)
 
     def _end_focus_when_mirrored(self, entry: Entry, observed: Observed) -> None:
         """The rotation we waited for is over and its version mirrored, by this tick or by
@@ -309,7 +329,10 @@ def secret_needs_repair(
 def target_secret_changed(
     rt: Runtime, namespace: str, owner: str, body: Mapping[str, Any], *, deleted: bool
 ) -> None:
-    """A mirrored Secret was edited or deleted: decide again, which puts it back."""
-    entry = secret_needs_repair(rt, namespace, owner, body, deleted=deleted)
+    """A mirrored Secret was edited or deleted: decide again, which puts it back. Judged again
+    under the object's lock, after the decision in flight recorded what it wrote: the watch can
+    bring keyrotor's own write of the Secret before that decision ends, and it is no repair."""
+    with rt.index.lock(namespace, owner):
+        entry = secret_needs_repair(rt, namespace, owner, body, deleted=deleted)
     if entry is not None:
         SyncLoop(rt).decide(entry)

@@ -100,8 +100,8 @@ def claim_decision(*, mine: str, held: str | None, live_uids: set[str]) -> Claim
     ``mine`` and ``held`` are ``<identity>/<object uid>``; an identity is the installation id,
     with ``:<shard>`` for a shard (keyrotor.shards). Only a claim of my own identity can be
     stale; another shard's claim is never taken, except the one that names this very object
-    (object uids are unique): its labels moved it here, and the shard that wrote it no longer
-    serves it (every path re-reads the object and drops what its shard does not serve)."""
+    (object uids are unique): its labels moved it here (MOVED). It is taken once the shard that
+    wrote it has let the object go (refusals.refuse_until_released: its finalizer is off)."""
     if held == mine:
         return ClaimDecision.MINE
     if held is None:

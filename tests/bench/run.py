@@ -44,6 +44,7 @@ from keyrotor.model import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VE
 from keyrotor_sandbox.aws import AwsEmulator, Call, CallLog
 from keyrotor_sandbox.kube import KubeApiServer, ensure_binaries
 from tests.bench import bench_limits
+from tests.bench.emulator_floor import emulator_floor
 from tests.fixtures.operator import RBAC, Harness
 
 VERSION_ID = "keyrotor.io/version-id"
@@ -105,6 +106,7 @@ class Metrics:
         with urllib.request.urlopen(self.url, timeout=10) as response:  # noqa: S310 (loopback)
             text = response.read().decode()
         calls: Counter[str] = Counter()
+        reconciles: Counter[str] = Counter()
         sweeps = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -114,7 +116,9 @@ class Metrics:
                     )
                 elif sample.name == "keyrotor_sync_sweeps_total":
                     sweeps = sample.value
-        return {"calls": calls, "sweeps": int(sweeps)}
+                elif sample.name == "keyrotor_reconciles_total":
+                    reconciles[sample.labels["trigger"]] += int(sample.value)
+        return {"calls": calls, "sweeps": int(sweeps), "reconciles": reconciles}
 
     def wait_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -517,8 +521,10 @@ class Bench:
         try:
             namespace = harness.namespace("bench-scale")
             names = self.users(harness, namespace, "s", count)
+            floor_users = self.users(harness, namespace, "f", count)  # for the lower bound
             idle = proc_status(pid)
             bench_before = self_usage()
+            load_before = os.getloadavg()
             first_call = len(self.calls)
             began = time.monotonic()
             self.apply(harness, namespace, names)
@@ -533,13 +539,89 @@ class Bench:
             )
             status = proc_status(pid)
             bench_after = self_usage()
-            operator_calls = metrics.scrape()["calls"]
+            load_after = os.getloadavg()
+            scraped = metrics.scrape()
             limits = bench_limits.operator_figures(metrics.url)
             limits["busiest_second"] = bench_limits.busiest_second(self.calls.since(first_call))
             self.aws.wait_for_rotations(timeout=120)
+            floor = self._emulator_floor(harness, namespace, floor_users)
+            handler_runs = harness.operator.logs().count("Handler 'reconcile_object' succeeded")
         finally:
             self.finish(harness)
-        result = {
+        result = self._scale_result(
+            count, began, applied, marks, idle, status, bench_before, bench_after, samples
+        )
+        operator_calls, reconciles = scraped["calls"], scraped["reconciles"]
+        result.update(
+            load_avg_before=load_before,
+            load_avg_at_ready=load_after,
+            operator_calls=dict(operator_calls),
+            operator_calls_per_object=sum(operator_calls.values()) / count,
+            operator_calls_per_object_by_operation={
+                op: round(n / count, 3) for op, n in operator_calls.most_common()
+            },
+            reconciles=dict(reconciles),
+            reconciles_per_object=sum(reconciles.values()) / count,
+            handler_runs_per_object=handler_runs / count,
+            emulator_floor=floor,
+            operator_args=list(extra_args),
+            limits=limits,
+        )
+        self._say_scale(result)
+        say(bench_limits.summary(limits))
+        self.results["scale"] = result
+
+    def _emulator_floor(self, harness: Harness, namespace: str, users: list[str]) -> dict[str, Any]:
+        """The emulator alone, same run, same installation: tests/bench/emulator_floor.py."""
+        items = harness.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        lambda_arn = items["items"][0]["status"]["lambdaArn"]
+        say(f"    the emulator alone: CreateSecret + RotateSecret for {len(users)} more users")
+        before = self_usage()
+        floor = emulator_floor(
+            self.aws,
+            cluster=harness.cluster_name,
+            users=users,
+            lambda_arn=lambda_arn,
+            timeout=60 + 10 * len(users),
+        )
+        floor["bench_process_cpu_s"] = self_usage()["cpu_s"] - before["cpu_s"]
+        return floor
+
+    @staticmethod
+    def _say_scale(result: dict[str, Any]) -> None:
+        count, floor = result["objects"], result["emulator_floor"]
+        say(
+            f"    all {count} Ready {result['all_ready_s']:.1f}s after the first apply "
+            f"(first {result['first_ready_s']:.1f}s, half {result['half_ready_s']:.1f}s); "
+            f"the emulator alone: {floor['all_rotated_s']:.1f}s; "
+            f"operator peak RSS {result['operator_peak_rss_mib']:.0f} MiB "
+            f"(idle {result['operator_idle_rss_mib']:.0f} MiB), operator CPU "
+            f"{result['operator_cpu_s']:.0f}s, emulator+bench process CPU "
+            f"{result['bench_process_cpu_s']:.0f}s"
+        )
+        say(
+            f"    operator AWS calls per object {result['operator_calls_per_object']:.2f}: "
+            f"{result['operator_calls_per_object_by_operation']}"
+        )
+        say(
+            f"    reconciles per object {result['reconciles_per_object']:.2f} "
+            f"{result['reconciles']}; kopf handler runs per object "
+            f"{result['handler_runs_per_object']:.3f}"
+        )
+
+    @staticmethod
+    def _scale_result(
+        count: int,
+        began: float,
+        applied: float,
+        marks: dict[str, float],
+        idle: dict[str, float],
+        status: dict[str, float],
+        bench_before: dict[str, float],
+        bench_after: dict[str, float],
+        samples: list[tuple[float, float]],
+    ) -> dict[str, Any]:
+        return {
             "objects": count,
             "apply_s": applied - began,
             "first_ready_s": marks["first"] - began,
@@ -551,24 +633,10 @@ class Bench:
             "operator_cpu_s": status["cpu_s"] - idle["cpu_s"],
             "bench_process_cpu_s": bench_after["cpu_s"] - bench_before["cpu_s"],
             "bench_process_maxrss_mib": bench_after["maxrss_mib"],
-            "operator_calls": dict(operator_calls),
-            "operator_calls_per_object": sum(operator_calls.values()) / count,
-            "operator_args": list(extra_args),
-            "limits": limits,
             "rss_samples": [
                 (round(t, 1), round(m, 1)) for t, m in samples[:: max(1, len(samples) // 20)]
             ],
         }
-        say(
-            f"    all {count} Ready {result['all_ready_s']:.1f}s after the first apply "
-            f"(first {result['first_ready_s']:.1f}s, half {result['half_ready_s']:.1f}s); "
-            f"operator peak RSS {result['operator_peak_rss_mib']:.0f} MiB "
-            f"(idle {result['operator_idle_rss_mib']:.0f} MiB), operator CPU "
-            f"{result['operator_cpu_s']:.0f}s, emulator+bench process CPU "
-            f"{result['bench_process_cpu_s']:.0f}s"
-        )
-        say(bench_limits.summary(limits))
-        self.results["scale"] = result
 
 
 def machine() -> dict[str, Any]:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor.model import GROUP, PLURAL, VERSION
@@ -24,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 CLAIM = "keyrotor.io/claimed-by"
 LABEL = "keyrotor.io/shard"
 SHARDS = ("a", "b")
+LEASE_NAMESPACE = "keyrotor-system"
 
 
 def _free_port() -> int:
@@ -46,15 +49,29 @@ def keyrotor(
 ) -> Iterator[Harness]:
     """One installation (one cluster name), two shards: a serves shard=a, b serves shard=b."""
     harness = Harness(aws_emulator, operator_rbac, tmp_path_factory.mktemp("operator"))
-    for shard in SHARDS:
-        harness.start_operator(
-            "--shard", shard, "--selector", f"{LABEL}={shard}", "--metrics-port", str(ports[shard])
+    try:  # the operator's namespace, where each shard's Lease lives (it may exist already)
+        harness.core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=LEASE_NAMESPACE))
         )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    for shard in SHARDS:
+        harness.start_operator(*_shard_args(shard, ports))
     try:
         yield harness
     finally:
         aws_emulator.wait_for_rotations(timeout=60)
         harness.stop()
+
+
+def _shard_args(shard: str, ports: dict[str, int]) -> tuple[str, ...]:
+    return (
+        *("--shard", shard, "--selector", f"{LABEL}={shard}"),
+        *("--metrics-port", str(ports[shard])),
+        *("--leader-elect", "--leader-election-namespace", LEASE_NAMESPACE),
+        *("--leader-election-id", f"shard-{shard}"),
+    )
 
 
 def _create(keyrotor: Harness, ns: str, name: str, user: str, shard: str | None) -> str:
@@ -133,6 +150,16 @@ def test_two_shards_each_serve_only_their_own_objects(
         )
         info = [s.labels for s in _samples(ports[shard]) if s.name == "keyrotor_shard_info"]
         assert info == [{"shard": shard}]  # what the KeyrotorOperatorDown alert groups by
+
+    # One Lease per shard, each held by that shard's process; none for an unsharded operator.
+    leases = client.CoordinationV1Api(keyrotor.api)
+    for shard in SHARDS:
+        lease = leases.read_namespaced_lease(
+            f"keyrotor-{keyrotor.cluster_name}.{shard}", LEASE_NAMESPACE
+        )
+        assert (lease.spec.holder_identity or "").startswith(f"shard-{shard}")
+    names = [item.metadata.name for item in leases.list_namespaced_lease(LEASE_NAMESPACE).items]
+    assert f"keyrotor-{keyrotor.cluster_name}" not in names
 
     # The object no shard's selector matches was left alone entirely.
     none = keyrotor.get(ns, "app-none") or {}
@@ -254,3 +281,38 @@ def test_object_of_the_unsharded_operator_is_taken_over_by_a_shard(keyrotor: Har
     keyrotor.wait(lambda: keyrotor.get(ns, "legacy") is None, what="finalized by shard a")
     assert _claim(keyrotor, user) is None
     assert _reporters(keyrotor, ns, "legacy").get("SecretRetained") == {"keyrotor-a"}
+
+
+def test_object_moved_from_a_stopped_shard_waits_until_that_shard_lets_go(
+    keyrotor: Harness, ports: dict[str, int]
+) -> None:
+    """The new shard takes over only once the old one let go (its finalizer is off): while
+    shard a is down, shard b refuses to take the claim and says why; the key keeps working.
+    Shard a, back, sees the new labels, lets go, and b takes over."""
+    ns = keyrotor.namespace()
+    user = keyrotor.iam_user(namespaces=ns)
+    uid = _create(keyrotor, ns, "waiter", user, "a")
+    before = keyrotor.wait_ready(ns, "waiter")["status"]
+    keyrotor.operators[SHARDS.index("a")].stop()
+
+    keyrotor.patch(ns, "waiter", {"metadata": {"labels": {LABEL: "b"}}})
+    obj = keyrotor.wait_condition(ns, "waiter", "Ready", "False", "Conflict")
+    assert "keyrotor.io/finalizer-a" in (keyrotor.condition(obj, "Ready") or {})["message"]
+    assert _claim(keyrotor, user) == f"{keyrotor.installation_id}:a/{uid}"  # not taken
+    assert keyrotor.user_keys(user) == {before["accessKeyId"]: "Active"}
+    data = keyrotor.secret_data(keyrotor.secret(ns, "waiter"))
+    assert data["AWS_ACCESS_KEY_ID"] == before["accessKeyId"]
+
+    keyrotor.start_operator(*_shard_args("a", ports))  # back: it sees the new labels, lets go
+    keyrotor.wait(
+        lambda: _claim(keyrotor, user) == f"{keyrotor.installation_id}:b/{uid}",
+        what="shard b's claim once shard a let go",
+    )
+    after = keyrotor.wait_ready(ns, "waiter")["status"]
+    assert (after["secretArn"], after["accessKeyId"]) == (
+        before["secretArn"],
+        before["accessKeyId"],
+    )
+    assert (keyrotor.get(ns, "waiter") or {})["metadata"]["finalizers"] == [
+        "keyrotor.io/finalizer-b"
+    ]

@@ -161,7 +161,7 @@ def test_only_objects_of_this_shard_compete_for_a_free_user() -> None:
     assert conflicting_claim(me, [me, older_here]) == older_here
 
 
-def _observation(held: str | None, identity: str) -> Observation:
+def _observation(held: str | None, identity: str, finalizers: tuple[str, ...] = ()) -> Observation:
     tags = {NAMESPACES_TAG: "*", **({CLAIM_TAG: held} if held else {})}
     return Observation(
         obj=ObjectView(
@@ -173,27 +173,54 @@ def _observation(held: str | None, identity: str) -> Observation:
             resource_version="7",
             rotate_now=None,
             status={},
+            finalizers=finalizers,
         ),
         context=Context(
-            installation=identity, stuck_after=900, recheck_interval=120, secret_tags={}
+            installation=identity,
+            stuck_after=900,
+            recheck_interval=120,
+            secret_tags={},
+            finalizer=f"{FINALIZER}-b",
         ),
         user=UserView("svc", tags),
         claims=(Claim("ns", "app", "uid-1", "2026-01-01T00:00:00Z"),),
     )
 
 
-def test_planner_takes_over_a_moved_claim_with_an_event_and_refuses_another_shards() -> None:
-    spec = parse_spec(
-        {"iamUser": "svc"}, name="app", namespace="ns", default_secret_name="keyrotor/prod/ns/app"
-    )
-    b = f"{INSTALLATION}:b"
-    plan = policies.plan(spec, _observation(f"{INSTALLATION}:a/uid-1", b), NOW)
+SPEC = parse_spec(
+    {"iamUser": "svc"}, name="app", namespace="ns", default_secret_name="keyrotor/prod/ns/app"
+)
+B = f"{INSTALLATION}:b"
+
+
+@pytest.mark.parametrize(
+    "finalizers",
+    [(f"{FINALIZER}-b",), (FINALIZER, f"{FINALIZER}-b"), ()],  # let go; from before sharding
+)
+def test_planner_takes_over_a_moved_claim_once_the_old_shard_let_go(
+    finalizers: tuple[str, ...],
+) -> None:
+    plan = policies.plan(SPEC, _observation(f"{INSTALLATION}:a/uid-1", B, finalizers), NOW)
     take = plan.actions[0]
-    assert isinstance(take, TakeClaim) and take.value == f"{b}/uid-1"
+    assert isinstance(take, TakeClaim) and take.value == f"{B}/uid-1"
     assert take.event is not None and take.event.reason == Reason.SHARD_CHANGED
-    plan = policies.plan(spec, _observation(f"{INSTALLATION}:a/uid-2", b), NOW)
+
+
+def test_planner_waits_while_the_old_shard_still_holds_the_object() -> None:
+    """Its finalizer says the old shard may still act (not seen the new labels yet, down, or
+    overlapping selectors): nothing is taken, and it is looked at again soon."""
+    held = (f"{FINALIZER}-a", f"{FINALIZER}-b")
+    plan = policies.plan(SPEC, _observation(f"{INSTALLATION}:a/uid-1", B, held), NOW)
+    assert plan.actions == [] and plan.ready is not None
+    assert plan.ready.reason == Reason.CONFLICT and f"{FINALIZER}-a" in plan.ready.message
+    assert plan.recheck_after == 5.0
+
+
+def test_planner_refuses_another_shards_claim() -> None:
+    plan = policies.plan(SPEC, _observation(f"{INSTALLATION}:a/uid-2", B), NOW)
     assert plan.actions == [] and plan.ready is not None
     assert plan.ready.reason == Reason.CONFLICT
+    assert plan.recheck_after == 120
 
 
 # --- Event mode: each shard its own rule and queue, in the operator's policy -------------------

@@ -37,7 +37,7 @@ LAYERS: list[set[str]] = [
     {"runtime", "installation"},
     {"index"},
     {"aws", "k8s"},
-    {"policies"},
+    {"policies", "reads"},
     {"mirroring", "refusals", "secret_events"},
     {"outcome", "errors", "metrics"},
     {"conditions", "tenancy", "observation"},

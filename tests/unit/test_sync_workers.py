@@ -101,7 +101,7 @@ def test_due_decisions_run_n_at_once_and_each_object_once(
     rt = make_runtime(workers, clock)
     names = add_objects(rt, workers * 6)
     probe = InFlight(workers)
-    monkeypatch.setattr(reconcile, "converge", lambda _rt, _ns, name: probe.run(name))
+    monkeypatch.setattr(reconcile, "converge", lambda _rt, _ns, name, **_: probe.run(name))
     loop = SyncLoop(rt)
     try:
         clock[0] = T0 + timedelta(seconds=61)
@@ -121,7 +121,7 @@ def test_one_failing_object_backs_off_alone(
     names = add_objects(rt, 16)
     probe = InFlight(4)
     monkeypatch.setattr(
-        reconcile, "converge", lambda _rt, _ns, name: probe.run(name, fail=name == "app-005")
+        reconcile, "converge", lambda _rt, _ns, name, **_: probe.run(name, fail=name == "app-005")
     )
     loop = SyncLoop(rt)
     try:

@@ -26,33 +26,24 @@ class IamUser:
 
 @aws_errors("iam")
 def get_user(iam: IAMClient, name: str) -> IamUser | None:
-    """The user with its tags, or None when there is no such user."""
+    """The user with its tags, or None when there is no such user. One call: GetUser's
+    ``User.Tags`` is every tag of the user (the list is not paginated, and IAM allows at most 50
+    tags a user), so ListUserTags would read nothing more."""
     try:
         user = iam.get_user(UserName=name)["User"]
     except Exception as exc:
         if error_code(exc) == "NoSuchEntity":
             return None
         raise
-    return IamUser(name=user["UserName"], arn=user["Arn"], tags=user_tags(iam, name))
-
-
-@aws_errors("iam")
-def user_tags(iam: IAMClient, name: str) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for page in iam.get_paginator("list_user_tags").paginate(UserName=name):
-        tags.update({t["Key"]: t["Value"] for t in page["Tags"]})
-    return tags
+    tags = {t["Key"]: t["Value"] for t in user.get("Tags") or []}
+    return IamUser(name=user["UserName"], arn=user["Arn"], tags=tags)
 
 
 @aws_errors("iam")
 def user_tags_if_exists(iam: IAMClient, name: str) -> dict[str, str]:
     """The user's tags; none when there is no such user."""
-    try:
-        return user_tags(iam, name)
-    except Exception as exc:
-        if error_code(exc) == "NoSuchEntity":
-            return {}
-        raise
+    user = get_user(iam, name)
+    return user.tags if user is not None else {}
 
 
 @aws_errors("iam")

@@ -147,13 +147,12 @@ def _user_statements(p: PolicyParams) -> list[dict[str, Any]]:
     """IAM users: read under the path, write only marked ones."""
     return [
         # Reading any user under the path lets the operator say why an object is refused
-        # (no such user, not marked for this namespace); it reveals no secret. ListAccessKeys
+        # (no such user, not marked for this namespace); it reveals no secret. GetUser answers
+        # the user's tags too (no ListUserTags). ListAccessKeys
         # (key ids, states, dates): a mirrored key's CreateDate is how the credential report
         # knows it (keyrotor.aws.credential_report.key_created). Not conditioned on the tag: a
         # user deleted meanwhile has no tags, and must answer NoSuchEntity, not AccessDenied.
-        statement(
-            "ReadUsers", ["iam:GetUser", "iam:ListUserTags", "iam:ListAccessKeys"], p.users_arn
-        ),
+        statement("ReadUsers", ["iam:GetUser", "iam:ListAccessKeys"], p.users_arn),
         *user_statements(
             p,
             "HandlePreviousKeysOfMarkedUsersOnly",

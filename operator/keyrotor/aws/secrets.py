@@ -80,9 +80,11 @@ def create_managed_secret(
     tags: Mapping[str, str],
     owner_uid: str,
     kms_key_id: str | None,
-) -> None:
+) -> str | None:
     """A new secret holds only the user name: the first rotation creates the first managed key.
-    Its first version id is derived from the owner, so a retried create is the same one."""
+    Its first version id is derived from the owner, so a retried create is the same one.
+    The new secret's ARN; None when a secret of that name existed (whose it is, the next look
+    decides)."""
     request: CreateSecretRequestTypeDef = {
         "Name": name,
         "ClientRequestToken": initial_version_id(owner_uid),
@@ -93,10 +95,12 @@ def create_managed_secret(
     if kms_key_id:
         request["KmsKeyId"] = kms_key_id
     try:
-        sm.create_secret(**request)
+        created = sm.create_secret(**request)
     except Exception as exc:
         if error_code(exc) != "ResourceExistsException":
             raise  # exists: the next look decides whether it is ours
+        return None
+    return str(created["ARN"])
 
 
 @aws_errors("secretsmanager")
@@ -128,16 +132,19 @@ def configure_rotation(
     lambda_arn: str,
     rules: Mapping[str, Any],
     rotate_immediately: bool,
-) -> None:
+) -> str | None:
     """Enable rotation with these rules; rotate now when asked. botocore fills in a
     ClientRequestToken that its own retries reuse; a repeat after a restart is prevented by
-    looking first (a rotation in progress, LastRotatedDate)."""
-    sm.rotate_secret(
+    looking first (a rotation in progress, LastRotatedDate). The version id of the rotation
+    started, if one was."""
+    response = sm.rotate_secret(
         SecretId=secret_id,
         RotationLambdaARN=lambda_arn,
         RotationRules=dict(rules),  # type: ignore[arg-type]
         RotateImmediately=rotate_immediately,
     )
+    version = response.get("VersionId")
+    return str(version) if rotate_immediately and version else None
 
 
 @aws_errors("secretsmanager")
