@@ -373,7 +373,8 @@ def _measure(
     say(
         f"    N={total}: all reconciled {resumed:.0f}s after start ({ready} Ready); RSS peak "
         f"{result['peak_rss_mib']:.0f} MiB, steady {result['steady_rss_mib']:.0f} MiB; last "
-        f"sweep {result['last_sweep_s']:.2f}s; {result['calls_to_resume_per_object']} AWS calls "
+        f"sweep {result['last_sweep_s'] or float('nan'):.2f}s; "
+        f"{result['calls_to_resume_per_object']} AWS calls "
         "per object"
     )
     harness.operator.stop()
