@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -16,17 +15,11 @@ from keyrotor.settings import (
     AllowRule,
     Settings,
     SettingsError,
+    env,
+    env_flag,
+    env_list,
     parse_interval_setting,
 )
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"KEYROTOR_{name}", default)
-
-
-def _env_list(name: str) -> list[str]:
-    value = _env(name)
-    return [part for part in (value or "").replace(",", " ").split() if part]
 
 
 def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
@@ -40,51 +33,49 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--cluster-name",
-        default=_env("CLUSTER_NAME", "default"),
+        default=env("CLUSTER_NAME", "default"),
         help="names this installation: secret prefix, Lambda, role, tags",
     )
-    run.add_argument("--region", default=_env("REGION"), help="AWS region (default: boto3's chain)")
+    run.add_argument("--region", default=env("REGION"), help="AWS region (default: boto3's chain)")
     run.add_argument(
         "--sync-interval",
-        default=_env("SYNC_INTERVAL"),
+        default=env("SYNC_INTERVAL"),
         help=f"seconds (or 5m) between ListSecrets sweeps (default {int(DEFAULT_SYNC_INTERVAL)}, "
         f"{int(EVENT_MODE_SYNC_INTERVAL)} in event mode)",
     )
     run.add_argument(
         "--event-mode",
         action=argparse.BooleanOptionalAction,
-        default=(_env("EVENT_MODE", "") or "").lower() in ("1", "true", "yes"),
+        default=env_flag("EVENT_MODE"),
         help="mirror rotations within seconds from Secrets Manager's events (an EventBridge rule "
         "and an SQS queue keyrotor ensures); the sweep stays as the safety net",
     )
     run.add_argument(
         "--event-queue-url",
-        default=_env("EVENT_QUEUE_URL"),
+        default=env("EVENT_QUEUE_URL"),
         help="event mode: long-poll this queue instead of creating keyrotor-<cluster-name>-events "
         "(its policy must let the rule keyrotor-<cluster-name>-secrets send)",
     )
-    run.add_argument(
-        "--focus-interval", default=_env("FOCUS_INTERVAL", "2"), help=argparse.SUPPRESS
-    )
+    run.add_argument("--focus-interval", default=env("FOCUS_INTERVAL", "2"), help=argparse.SUPPRESS)
     run.add_argument(
         "--stuck-after",
-        default=_env("STUCK_AFTER", "900"),
+        default=env("STUCK_AFTER", "900"),
         help="seconds after which an unfinished rotation is cleared",
     )
     run.add_argument(
         "--recheck-interval",
-        default=_env("RECHECK_INTERVAL", "120"),
+        default=env("RECHECK_INTERVAL", "120"),
         help="seconds (or 2m) before an object refused as NotAuthorized, UserNotFound, "
         "Conflict or AccessDenied is checked again",
     )
     run.add_argument(
         "--dead-key-check-interval",
-        default=_env("DEAD_KEY_CHECK_INTERVAL", "3600"),
+        default=env("DEAD_KEY_CHECK_INTERVAL", "3600"),
         help="seconds (or 1h) between checks of every mirrored key in IAM's credential report",
     )
     run.add_argument(
         "--installation-recheck",
-        default=_env("INSTALLATION_RECHECK", "900"),
+        default=env("INSTALLATION_RECHECK", "900"),
         help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
     )
 
@@ -93,13 +84,13 @@ def _add_run_shard_flags(run: argparse.ArgumentParser) -> None:
     """keyrotor run: one shard of several (keyrotor.shards)."""
     run.add_argument(
         "--shard",
-        default=_env("SHARD", ""),
+        default=env("SHARD", ""),
         help="this process is one shard of several: its name (in claims, its Lease, its "
         "finalizer and its event queue); default: one unsharded operator",
     )
     run.add_argument(
         "--selector",
-        default=_env("SELECTOR", ""),
+        default=env("SELECTOR", ""),
         metavar="LABEL_SELECTOR",
         help="serve only the objects whose labels match (as kubectl -l: a=b, a!=b, a in (x,y), "
         "a notin (x), a, !a); needs --shard",
@@ -110,7 +101,7 @@ def _add_run_aws_flags(run: argparse.ArgumentParser) -> None:
     """keyrotor run: the rotation role, who may claim which user, KMS keys."""
     run.add_argument(
         "--lambda-role-arn",
-        default=_env("LAMBDA_ROLE_ARN"),
+        default=env("LAMBDA_ROLE_ARN"),
         help="use this execution role for the rotation Lambda instead of creating one",
     )
     run.add_argument(
@@ -135,13 +126,13 @@ def _add_run_scale_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--sync-workers",
         type=int,
-        default=_env("SYNC_WORKERS", str(DEFAULT_WORKERS)),
+        default=env("SYNC_WORKERS", str(DEFAULT_WORKERS)),
         help=f"objects the sync loop works on at once (default {DEFAULT_WORKERS})",
     )
     run.add_argument(
         "--reconcile-workers",
         type=int,
-        default=_env("RECONCILE_WORKERS", str(DEFAULT_WORKERS)),
+        default=env("RECONCILE_WORKERS", str(DEFAULT_WORKERS)),
         help=f"objects reconciled at once (kopf's handler threads; default {DEFAULT_WORKERS})",
     )
     run.add_argument(
@@ -160,22 +151,22 @@ def _add_run_endpoint_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--metrics-port",
         type=int,
-        default=_env("METRICS_PORT", "0"),
+        default=env("METRICS_PORT", "0"),
         help="serve Prometheus /metrics on this port (0: off)",
     )
     run.add_argument(
         "--health-port",
         type=int,
-        default=_env("HEALTH_PORT", "0"),
+        default=env("HEALTH_PORT", "0"),
         help="serve the liveness probe /healthz on this port (0: off)",
     )
     run.add_argument(
         "--bind-address",
-        default=_env("BIND_ADDRESS", "127.0.0.1"),
+        default=env("BIND_ADDRESS", "127.0.0.1"),
         help="IP address the metrics and health endpoints listen on (0.0.0.0: every interface)",
     )
-    run.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
-    run.add_argument("--verbose", action="store_true", default=bool(_env("VERBOSE")))
+    run.add_argument("--log-format", default=env("LOG_FORMAT", "text"), choices=["text", "json"])
+    run.add_argument("--verbose", action="store_true", default=env_flag("VERBOSE"))
 
 
 def _add_run_leader_flags(run: argparse.ArgumentParser) -> None:
@@ -183,33 +174,33 @@ def _add_run_leader_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--leader-elect",
         action=argparse.BooleanOptionalAction,
-        default=(_env("LEADER_ELECT", "") or "").lower() in ("1", "true", "yes"),
+        default=env_flag("LEADER_ELECT"),
         help="run as one of several replicas: only the holder of the Lease keyrotor-<cluster-name> "
         "acts (the Deployment and the Helm chart turn this on)",
     )
     run.add_argument(
         "--leader-election-namespace",
-        default=_env("LEADER_ELECTION_NAMESPACE"),
+        default=env("LEADER_ELECTION_NAMESPACE"),
         help="namespace of the Lease (default: the pod's namespace, else default)",
     )
     run.add_argument(
         "--leader-election-id",
-        default=_env("LEADER_ELECTION_ID"),
+        default=env("LEADER_ELECTION_ID"),
         help="this replica's name in the Lease (default: the host name); a random suffix is added",
     )
     run.add_argument(
         "--leader-election-lease-duration",
-        default=_env("LEADER_ELECTION_LEASE_DURATION", "15s"),
+        default=env("LEADER_ELECTION_LEASE_DURATION", "15s"),
         help="how long standbys wait after the leader's last renewal before taking over",
     )
     run.add_argument(
         "--leader-election-renew-deadline",
-        default=_env("LEADER_ELECTION_RENEW_DEADLINE", "10s"),
+        default=env("LEADER_ELECTION_RENEW_DEADLINE", "10s"),
         help="the leader exits when it could not renew the Lease for this long",
     )
     run.add_argument(
         "--leader-election-retry-period",
-        default=_env("LEADER_ELECTION_RETRY_PERIOD", "2s"),
+        default=env("LEADER_ELECTION_RETRY_PERIOD", "2s"),
         help="time between renewals and between takeover attempts",
     )
 
@@ -239,11 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    given = args.namespace if args.namespace is not None else _env_list("NAMESPACE")
+    given = args.namespace if args.namespace is not None else env_list("NAMESPACE")
     namespaces = [part for value in given for part in value.replace(",", " ").split()]
-    allow = args.allow if args.allow is not None else _env_list("ALLOW")
-    kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
-    aws_rates = args.aws_rate if args.aws_rate is not None else _env_list("AWS_RATE")
+    allow = args.allow if args.allow is not None else env_list("ALLOW")
+    kms_keys = args.kms_key if args.kms_key is not None else env_list("KMS_KEY")
+    aws_rates = args.aws_rate if args.aws_rate is not None else env_list("AWS_RATE")
     event_mode = bool(args.event_mode)
     default_interval = EVENT_MODE_SYNC_INTERVAL if event_mode else DEFAULT_SYNC_INTERVAL
     sync_interval = args.sync_interval or str(int(default_interval))

@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from keyrotor.aws import policies
-from keyrotor.settings import NAME_RE, AllowRule, SettingsError
+from keyrotor.settings import NAME_RE, AllowRule, SettingsError, env, env_flag, env_list
 from keyrotor.shards import SHARD_NAME_RE
 
 # deploy/examples/iam/: the documents for the kustomize base's installation (cluster my-cluster,
 # us-east-1), placeholders for the account and the OIDC provider. A test keeps them in step.
 EXAMPLE_PARAMS = policies.PolicyParams(cluster_name="my-cluster", region="us-east-1")
 EXAMPLE_GIVEN_ROLE = "arn:aws:iam::ACCOUNT_ID:role/my-keyrotor-rotation-role"
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"KEYROTOR_{name}", default)
-
-
-def _env_list(name: str) -> list[str]:
-    return [part for part in (_env(name) or "").replace(",", " ").split() if part]
 
 
 def add_parser(commands: Any) -> None:
@@ -51,7 +42,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--cluster-name",
-        default=_env("CLUSTER_NAME", "default"),
+        default=env("CLUSTER_NAME", "default"),
         help="the installation's --cluster-name (names the secrets, the Lambda and its role)",
     )
     parser.add_argument(
@@ -61,7 +52,7 @@ def add_parser(commands: Any) -> None:
         "--partition", default="aws", help="the AWS partition (aws, aws-cn, aws-us-gov)"
     )
     parser.add_argument(
-        "--region", default=_env("REGION", "us-east-1"), help="the region the operator uses"
+        "--region", default=env("REGION", "us-east-1"), help="the region the operator uses"
     )
     parser.add_argument(
         "--secret-prefix",
@@ -70,7 +61,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--lambda-role-arn",
-        default=_env("LAMBDA_ROLE_ARN"),
+        default=env("LAMBDA_ROLE_ARN"),
         help="given-role mode: the operator uses this role and gets no IAM role-writing action",
     )
     _add_mode_arguments(parser)
@@ -97,12 +88,12 @@ def _add_mode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--event-mode",
         action=argparse.BooleanOptionalAction,
-        default=(_env("EVENT_MODE", "") or "").lower() in ("1", "true", "yes"),
+        default=env_flag("EVENT_MODE"),
         help="as keyrotor run --event-mode: add the EventBridge rule and the SQS queue",
     )
     parser.add_argument(
         "--event-queue-url",
-        default=_env("EVENT_QUEUE_URL"),
+        default=env("EVENT_QUEUE_URL"),
         help="as keyrotor run --event-queue-url: grant consuming that queue instead of "
         "creating keyrotor-<cluster-name>-events",
     )
@@ -152,8 +143,8 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
         raise ValueError(
             f"--cluster-name {args.cluster_name!r}: use 1-40 lowercase letters, digits and '-'"
         )
-    kms_keys = args.kms_key if args.kms_key is not None else _env_list("KMS_KEY")
-    allow = args.allow if args.allow is not None else _env_list("ALLOW")
+    kms_keys = args.kms_key if args.kms_key is not None else env_list("KMS_KEY")
+    allow = args.allow if args.allow is not None else env_list("ALLOW")
     try:
         rules = [AllowRule.parse(rule) for rule in allow]
     except SettingsError as exc:
@@ -179,7 +170,7 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
 
 
 def _shards(args: argparse.Namespace) -> list[str]:
-    shards = args.shard if args.shard is not None else _env_list("SHARD")
+    shards = args.shard if args.shard is not None else env_list("SHARD")
     for shard in shards:
         if not SHARD_NAME_RE.match(shard):
             raise ValueError(f"--shard {shard!r}: use 1-30 lowercase letters, digits and '-'")

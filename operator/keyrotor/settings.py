@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -199,6 +200,21 @@ class Settings:
 
     def default_secret_name(self, namespace: str, name: str) -> str:
         return f"{self.secret_prefix}{namespace}/{name}"
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """A setting's environment variable, ``KEYROTOR_<name>`` (the flags' defaults)."""
+    return os.environ.get(f"KEYROTOR_{name}", default)
+
+
+def env_list(name: str) -> list[str]:
+    """A list setting from the environment: comma or space separated."""
+    return [part for part in (env(name) or "").replace(",", " ").split() if part]
+
+
+def env_flag(name: str) -> bool:
+    """An on/off setting from the environment: on only for 1, true or yes (any case)."""
+    return (env(name) or "").strip().lower() in ("1", "true", "yes")
 
 
 def parse_interval_setting(flag: str, text: str) -> float:

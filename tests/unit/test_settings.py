@@ -89,3 +89,20 @@ def test_event_rule_and_queue_are_checked_as_often_as_the_safety_net_sweep(
     from keyrotor.event_consumer import recheck_interval
 
     assert recheck_interval(settings_from_args(build_parser().parse_args(argv))) == recheck
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("1", True), ("true", True), ("YES", True), ("false", False), ("0", False), ("", False)],
+)
+def test_on_off_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, on: bool
+) -> None:
+    """KEYROTOR_VERBOSE=false turned verbose logging on (any non-empty value did); every on/off
+    setting now reads the environment the same way, in the operator and in `keyrotor policy`."""
+    for name in ("VERBOSE", "EVENT_MODE", "LEADER_ELECT"):
+        monkeypatch.setenv(f"KEYROTOR_{name}", value)
+    args = build_parser().parse_args(["run"])
+    assert (args.verbose, args.event_mode, args.leader_elect) == (on, on, on)
+    policy = build_parser().parse_args(["policy"])
+    assert policy.event_mode is on
