@@ -163,8 +163,13 @@ def _mirror_key(c: Context, a: Any) -> Event | None:
     key = c.key
     if key is None or key.version_id != a.version_id:
         raise errors.ConflictError(f"AWSCURRENT moved while version {a.version_id} was mirrored")
-    # The key's CreateDate, for the dead-key check (one ListAccessKeys per mirrored key).
-    created = credential_report.key_created(c.rt.aws.iam, a.iam_user, key.access_key_id)
+    # The key's CreateDate, for the dead-key check: stored beside the key by the rotation
+    # Lambda; otherwise (the classic function, an older Lambda) one ListAccessKeys.
+    created = (
+        credential_report.to_second(key.key_created)
+        if key.key_created is not None
+        else credential_report.key_created(c.rt.aws.iam, a.iam_user, key.access_key_id)
+    )
     c.done.key_created = (key.access_key_id, created) if created else None
     target_secrets.mirror_secret(
         c.rt.kube,

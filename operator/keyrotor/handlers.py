@@ -15,6 +15,7 @@ import kopf
 from keyrotor import claims, deletion, metrics, reconcile, sync
 from keyrotor.errors import KeyrotorError
 from keyrotor.event_consumer import EventConsumer
+from keyrotor.event_push import PushDelivery, PushListener
 from keyrotor.k8s.client import kopf_session
 from keyrotor.k8s.objects import LIST_PAGE_SIZE
 from keyrotor.model import (
@@ -93,7 +94,13 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     memo.claims_task = asyncio.create_task(
         claims.keep_current(runtime.kube, runtime.claims, patterns, memo.stop_sync)
     )
-    if runtime.settings.event_mode:  # beside the sync loop, stopped with it
+    if runtime.settings.event_push:  # EventBridge calls the listener; no queue
+        listener: PushListener | None = getattr(memo, "push_listener", None)
+        if listener is None:  # started by kopf alone (keyrotor run starts it before the election)
+            listener = PushListener(runtime.settings).start()
+        memo.push_listener = listener
+        memo.events = PushDelivery(runtime, SyncLoop(runtime), listener).start()
+    elif runtime.settings.event_mode:  # beside the sync loop, stopped with it
         memo.events = EventConsumer(runtime, SyncLoop(runtime)).start()
 
 

@@ -7,7 +7,10 @@ rotation function::
     {"username": "...", "accesskey": "AKIA...", "secretkey": "...", "masterarn": "arn:..."}
 
 ``accesskey``/``secretkey`` are absent or empty before the first rotation (the operator creates the
-secret with only the user name); ``masterarn`` is optional.
+secret with only the user name); ``masterarn`` is optional. One field is added beside the key:
+``"keycreated": {"accesskey": "AKIA...", "createdate": "2026-01-01T00:00:00Z"}``, the key's IAM
+CreateDate (public, as the key id is), paired with the key id so that a function that copies the
+other fields (the classic one) cannot pass the previous key's date off as the new key's.
 
 Which credentials manage the user's keys:
 
@@ -62,7 +65,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -356,7 +359,11 @@ def _store_pending(
 ) -> None:
     """Store the new key under the token; a lost answer is told apart from a failed write."""
     new_id = created["AccessKeyId"]
-    pending = dict(current, accesskey=new_id, secretkey=created["SecretAccessKey"])
+    when = created["CreateDate"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = {"accesskey": new_id, "createdate": when}
+    pending = dict(
+        current, accesskey=new_id, secretkey=created["SecretAccessKey"], keycreated=stamp
+    )
     try:
         sm.put_secret_value(
             SecretId=arn,

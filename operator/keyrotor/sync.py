@@ -129,7 +129,8 @@ class SyncLoop:
 
     def check_dead_keys(self) -> bool:
         """Every mirrored key, looked up in IAM's credential report: O(1) AWS calls for the whole
-        installation (plus one ListAccessKeys per new key, for its CreateDate). A key deleted or
+        installation (a key's CreateDate comes with its value, or from one ListAccessKeys when
+        it is mirrored: see executor._mirror_key). A key deleted or
         deactivated outside keyrotor makes its object decide again (DeadKey, and a rotation);
         a deleted user shows at that decision (UserNotFound). False: the report is not ready."""
         entries = [e for e in self.rt.index.active() if e.state.access_key_id and e.state.iam_user]

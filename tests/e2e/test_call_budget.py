@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor.mirroring import focus_look_due
+from keyrotor.model import GROUP, PLURAL, VERSION
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer
 from tests.fixtures.operator import FAST_ARGS, Harness
@@ -29,7 +30,8 @@ FOCUS_INTERVAL = float(FAST_ARGS[FAST_ARGS.index("--focus-interval") + 1])
 # One object from apply to Ready, besides the looks that wait for its first key: the user read
 # (authorization, claim), the claim written and read back, the secret looked up (absent),
 # created and rotated (no DescribeSecret: our own writes say what exists), then, when the first
-# key is there, the user read again before mirroring, the key read once and its CreateDate.
+# key is there, the user read again before mirroring and the key read once (its CreateDate
+# rides beside it in the value: no ListAccessKeys).
 BUDGET = {
     "iam:GetUser": 3,
     "iam:TagUser": 1,
@@ -37,8 +39,8 @@ BUDGET = {
     "secretsmanager:CreateSecret": 1,
     "secretsmanager:RotateSecret": 1,
     "secretsmanager:GetSecretValue": 1,
-    "iam:ListAccessKeys": 1,
 }
+MIRRORED_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "credentials"}
 # The operator's start (who am I) and the installation's role, function and permission: once
 # per operator, not per object.
 INSTALLATION = {
@@ -116,8 +118,9 @@ def _looks_allowed(seconds: float) -> int:
     return looks + 1
 
 
-def _bring_up(keyrotor: Harness, port: int, count: int) -> tuple[Counter[str], Counter[str]]:
-    ns = keyrotor.namespace()
+def _bring_up(
+    keyrotor: Harness, port: int, count: int, ns: str
+) -> tuple[Counter[str], Counter[str]]:
     users = [keyrotor.iam_user(namespaces=ns) for _ in range(count)]
     calls_before, reconciles_before = _scrape(port)
     began = time.monotonic()
@@ -141,8 +144,18 @@ def _bring_up(keyrotor: Harness, port: int, count: int) -> tuple[Counter[str], C
 
 
 def test_one_object_comes_up_within_its_call_budget(keyrotor: Harness, metrics_port: int) -> None:
-    calls, reconciles = _bring_up(keyrotor, metrics_port, 1)
+    ns = keyrotor.namespace()
+    calls, reconciles = _bring_up(keyrotor, metrics_port, 1, ns)
     assert calls["iam:ListUserTags"] == 0  # GetUser answers the tags
+    # The key's CreateDate came with the value, and it is IAM's; only the key is mirrored.
+    assert calls["iam:ListAccessKeys"] == 0
+    (obj,) = keyrotor.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+    user, name = obj["spec"]["iamUser"], obj["metadata"]["name"]
+    listed = keyrotor.aws.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+    secret = keyrotor.secret(ns, name)
+    assert secret is not None and set(secret.data or {}) == MIRRORED_KEYS
+    annotation = secret.metadata.annotations["keyrotor.io/access-key-created"]
+    assert annotation == listed[0]["CreateDate"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert calls["secretsmanager:ListSecretVersionIds"] == 0  # the rotation we started is young
     assert reconciles["create"] == 1 and reconciles["update"] == 0
     # One decision when the first key is there (the focus look's DescribeSecret handed to it).
@@ -153,7 +166,7 @@ def test_objects_applied_together_are_reconciled_once_each(
     keyrotor: Harness, metrics_port: int
 ) -> None:
     count = 6
-    calls, reconciles = _bring_up(keyrotor, metrics_port, count)
+    calls, reconciles = _bring_up(keyrotor, metrics_port, count, keyrotor.namespace())
     assert reconciles["create"] == count
     assert reconciles["update"] == reconciles["resume"] == 0
     assert reconciles["sync"] <= count

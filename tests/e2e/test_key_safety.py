@@ -155,6 +155,10 @@ def test_secret_made_by_hand_is_refused_untouched_until_an_administrator_hands_i
     assert status["secretArn"] == arn
     assert {status["accessKeyId"]: "Active"} == keys
     _works(keyrotor, ns, "app", user)
+    # A value made by hand has no CreateDate beside the key: IAM was asked (ListAccessKeys).
+    listed = keyrotor.aws.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+    annotation = keyrotor.secret(ns, "app").metadata.annotations["keyrotor.io/access-key-created"]
+    assert annotation == listed[0]["CreateDate"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     tags = {t["Key"]: t["Value"] for t in _described(keyrotor, arn)["Tags"]}
     assert tags["keyrotor.io/uid"] == obj["metadata"]["uid"]
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from keyrotor.aws import iam, rotation_function, secrets
+from keyrotor.aws import credential_report, iam, rotation_function, secrets
 from keyrotor.aws.lambda_package import (
     build_zip,
     code_sha256,
@@ -237,6 +237,10 @@ def test_first_rotation_creates_a_managed_key_and_cancel_then_delete(
     key = secrets.read_current_key(sm, observed.arn)
     assert key.username == iam_user and key.access_key_id.startswith("AKIA")
     assert key.secret_access_key not in repr(key)
+    # The Lambda stored the key's CreateDate beside it: what ListAccessKeys would have said.
+    assert key.key_created is not None
+    listed = credential_report.key_created(aws.client("iam"), iam_user, key.access_key_id)
+    assert credential_report.to_second(key.key_created) == listed
     after = secrets.describe(sm, observed.arn)
     assert after.current_version == key.version_id and after.last_rotated is not None
     assert [

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import boto3
@@ -143,6 +143,25 @@ def test_first_rotation_creates_the_first_key() -> None:
         aws_secret_access_key=value["secretkey"],
     ).get_caller_identity()
     assert identity["Arn"] == user_arn
+
+
+def test_the_new_keys_create_date_is_stored_beside_it() -> None:
+    """``keycreated`` names the new key and IAM's CreateDate for it; one a function copied over
+    from the previous value (as the classic one copies every field) is replaced."""
+    make_user()
+    old = make_key("alice")
+    stale = {"accesskey": old["accesskey"], "createdate": "2020-01-01T00:00:00Z"}
+    arn = make_secret({"username": "alice", **old, "keycreated": stale})
+    token = start_rotation(arn)
+    run(arn, token)
+    value = current(arn)
+    listed = iam().list_access_keys(UserName="alice")["AccessKeyMetadata"]
+    created = next(k["CreateDate"] for k in listed if k["AccessKeyId"] == value["accesskey"])
+    assert value["keycreated"] == {
+        "accesskey": value["accesskey"],
+        "createdate": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    assert set(value) == {"username", "accesskey", "secretkey", "keycreated"}
 
 
 def test_create_secret_is_idempotent_per_token() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from keyrotor import errors
@@ -33,6 +33,7 @@ class CurrentKey:
     username: str
     access_key_id: str
     secret_access_key: str = ""
+    key_created: datetime | None = None  # the key's CreateDate, when the Lambda stored it beside
 
     def __repr__(self) -> str:  # keep the secret out of any log or traceback that prints us
         return (
@@ -192,12 +193,33 @@ def read_current_key(sm: SecretsManagerClient, secret_id: str) -> CurrentKey:
         raise errors.InvalidError(f"secret {secret_id} version {version} is not JSON") from None
     if not isinstance(value, dict):
         raise errors.InvalidError(f"secret {secret_id} version {version} is not a JSON object")
+    access_key_id = str(value.get("accesskey") or "")
     return CurrentKey(
         version_id=version,
         username=str(value.get("username", "")),
-        access_key_id=str(value.get("accesskey") or ""),
+        access_key_id=access_key_id,
         secret_access_key=str(value.get("secretkey") or ""),
+        key_created=stored_key_created(value, access_key_id),
     )
+
+
+def stored_key_created(value: Mapping[str, Any], access_key_id: str) -> datetime | None:
+    """The key's CreateDate as keyrotor's rotation Lambda stores it beside the key
+    (``"keycreated": {"accesskey": ..., "createdate": ...}``), when it names this very key.
+    None for a value without it (the classic function, an older Lambda), with another key's
+    (a function that copied the field over), or with a date that does not parse: the caller
+    asks IAM (ListAccessKeys) instead."""
+    stamp = value.get("keycreated")
+    if not isinstance(stamp, Mapping) or not access_key_id:
+        return None
+    text = stamp.get("createdate")
+    if stamp.get("accesskey") != access_key_id or not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.astimezone(UTC) if when.tzinfo is not None else None
 
 
 @aws_errors("secretsmanager")
