@@ -57,7 +57,7 @@ from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
 from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, Reads
 from keyrotor.runtime import Runtime
 from keyrotor.secret_events import names_secret
-from keyrotor.status import commit
+from keyrotor.status import commit, kopf_bookkeeping_only
 from keyrotor.tenancy import authorization_problem
 
 log = logging.getLogger(__name__)
@@ -315,8 +315,9 @@ def converge(
     metrics.RECONCILES.labels(trigger=trigger).inc()
     log.debug("%s/%s: deciding (%s)", namespace, name, trigger)
     with rt.index.lock(namespace, name):
+        body = objects.get_object(rt.kube, namespace, name)
+        decision: Decision | None = None
         for _attempt in range(MAX_CONFLICTS):
-            body = objects.get_object(rt.kube, namespace, name)
             if body is None:
                 rt.index.remove(namespace, name)
                 return
@@ -325,12 +326,20 @@ def converge(
             if not rt.settings.shard.serves_body(body):
                 rt.index.remove(namespace, name)  # another shard's now: it takes over
                 return
-            decision = decide_and_act(rt, body, observed)
-            observed = None  # a conflict: everything is read again
+            if decision is None:
+                decision = decide_and_act(rt, body, observed)
+                observed = None  # a conflict: everything is read again
             try:
                 _record(rt, body, decision)
             except errors.ConflictError:
-                continue  # the object changed since it was read: read again, decide again
+                # The object changed since it was read: read again and decide again, unless
+                # what changed is kopf's bookkeeping only (kopf writes its annotations while
+                # the decision runs), which no decision reads: then record the same decision.
+                fresh = objects.get_object(rt.kube, namespace, name)
+                if fresh is None or not kopf_bookkeeping_only(body, fresh):
+                    decision = None
+                body = fresh
+                continue
             return
         log.info("%s/%s kept changing; deciding again later", namespace, name)
 
