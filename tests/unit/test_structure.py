@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"reconcile"},
     {"executor", "status"},
     {"runtime", "installation"},
-    {"index"},
+    {"index", "claims"},
     {"aws", "k8s"},
     {"policies", "reads"},
     {"mirroring", "refusals", "secret_events"},
