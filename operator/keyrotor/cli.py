@@ -43,19 +43,6 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
         help=f"seconds (or 5m) between ListSecrets sweeps (default {int(DEFAULT_SYNC_INTERVAL)}, "
         f"{int(EVENT_MODE_SYNC_INTERVAL)} in event mode)",
     )
-    run.add_argument(
-        "--event-mode",
-        action=argparse.BooleanOptionalAction,
-        default=env_flag("EVENT_MODE"),
-        help="mirror rotations within seconds from Secrets Manager's events (an EventBridge rule "
-        "and an SQS queue keyrotor ensures); the sweep stays as the safety net",
-    )
-    run.add_argument(
-        "--event-queue-url",
-        default=env("EVENT_QUEUE_URL"),
-        help="event mode: long-poll this queue instead of creating keyrotor-<cluster-name>-events "
-        "(its policy must let the rule keyrotor-<cluster-name>-secrets send)",
-    )
     run.add_argument("--focus-interval", default=env("FOCUS_INTERVAL", "2"), help=argparse.SUPPRESS)
     run.add_argument(
         "--stuck-after",
@@ -77,6 +64,47 @@ def _add_run_loop_flags(run: argparse.ArgumentParser) -> None:
         "--installation-recheck",
         default=env("INSTALLATION_RECHECK", "900"),
         help="seconds (or 15m) between checks of the rotation Lambda, its role and permission",
+    )
+
+
+def _add_run_event_flags(run: argparse.ArgumentParser) -> None:
+    """keyrotor run: event mode, by queue or by push."""
+    run.add_argument(
+        "--event-mode",
+        action=argparse.BooleanOptionalAction,
+        default=env_flag("EVENT_MODE"),
+        help="mirror rotations within seconds from Secrets Manager's events (an EventBridge rule "
+        "and an SQS queue keyrotor ensures); the sweep stays as the safety net",
+    )
+    run.add_argument(
+        "--event-queue-url",
+        default=env("EVENT_QUEUE_URL"),
+        help="event mode: long-poll this queue instead of creating keyrotor-<cluster-name>-events "
+        "(its policy must let the rule keyrotor-<cluster-name>-secrets send)",
+    )
+    run.add_argument(
+        "--event-delivery",
+        choices=["queue", "push"],
+        default=env("EVENT_DELIVERY", "queue"),
+        help="event mode: long-poll an SQS queue (queue), or let EventBridge call the operator "
+        "(push: an API destination to --event-push-url; the token from "
+        "KEYROTOR_EVENT_PUSH_TOKEN)",
+    )
+    run.add_argument(
+        "--event-push-port",
+        type=int,
+        default=env("EVENT_PUSH_PORT", "0"),
+        help="push delivery: the listener's port, on --bind-address",
+    )
+    run.add_argument(
+        "--event-push-url",
+        default=env("EVENT_PUSH_URL"),
+        help="push delivery: the HTTPS URL at which EventBridge reaches the listener (Ingress)",
+    )
+    run.add_argument(
+        "--event-push-role-arn",
+        default=env("EVENT_PUSH_ROLE_ARN"),
+        help="push delivery: the role EventBridge invokes the API destination with",
     )
 
 
@@ -213,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the operator (each flag also as KEYROTOR_*)")
     for add in (
         _add_run_loop_flags,
+        _add_run_event_flags,
         _add_run_shard_flags,
         _add_run_aws_flags,
         _add_run_scale_flags,
@@ -247,6 +276,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         sync_interval=parse_interval_setting("--sync-interval", str(sync_interval)),
         event_mode=event_mode,
         event_queue_url=args.event_queue_url or None,
+        event_delivery=args.event_delivery,
+        event_push_port=args.event_push_port,
+        event_push_url=args.event_push_url or None,
+        event_push_role_arn=args.event_push_role_arn or None,
+        # The token only from the environment (a Secret): a flag would show in `ps` and the
+        # pod's spec.
+        event_push_token=env("EVENT_PUSH_TOKEN") or "",
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),

@@ -12,9 +12,12 @@ from typing import Any
 
 import kopf
 
-from keyrotor import deletion, metrics, reconcile, sync
+from keyrotor import claims, deletion, metrics, reconcile, sync
+from keyrotor.errors import KeyrotorError
 from keyrotor.event_consumer import EventConsumer
+from keyrotor.event_push import PushDelivery, PushListener
 from keyrotor.k8s.client import kopf_session
+from keyrotor.k8s.objects import LIST_PAGE_SIZE
 from keyrotor.model import (
     GROUP,
     MANAGED_BY_LABEL,
@@ -23,10 +26,9 @@ from keyrotor.model import (
     PLURAL,
     VERSION,
 )
-from keyrotor.runtime import Runtime, claim_key
+from keyrotor.runtime import Runtime
 from keyrotor.shards import Shard
 from keyrotor.sync import SyncLoop
-from keyrotor.tenancy import Claim, holds_claim
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KOPF_PREFIX = f"kopf.{GROUP}"
@@ -39,7 +41,6 @@ KOPF_PREFIX = f"kopf.{GROUP}"
 # the wait at once; only a genuine change whose expected version never comes (a re-list skipped
 # it) waits this long.
 CONSISTENCY_TIMEOUT = 120.0
-LIST_PAGE_SIZE = 500  # objects per page of kopf's first listing (kubectl's page size)
 
 
 def _shard(memo: Any) -> Shard:
@@ -73,6 +74,13 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     settings.watching.chunk_size = LIST_PAGE_SIZE
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     runtime: Runtime = await asyncio.to_thread(memo.make_runtime)
+    # Every object kopf will watch, before any decision: kopf starts its watchers (and so every
+    # handler) only after this handler returned, and the sync loop starts below.
+    patterns = runtime.settings.namespaces
+    try:
+        await asyncio.to_thread(claims.resync, runtime.kube, runtime.claims, patterns)
+    except KeyrotorError as exc:  # kopf runs this handler again; nothing was started yet
+        raise kopf.TemporaryError(f"cannot list AccessKeyRotation objects: {exc}", delay=5) from exc
     # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
     # repairs and finalizers) running at once; the sync loop has workers of its own.
     # settings.queueing.worker_limit stays unset: a per-object worker keeps its slot while it
@@ -83,7 +91,16 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
-    if runtime.settings.event_mode:  # beside the sync loop, stopped with it
+    memo.claims_task = asyncio.create_task(
+        claims.keep_current(runtime.kube, runtime.claims, patterns, memo.stop_sync)
+    )
+    if runtime.settings.event_push:  # EventBridge calls the listener; no queue
+        listener: PushListener | None = getattr(memo, "push_listener", None)
+        if listener is None:  # started by kopf alone (keyrotor run starts it before the election)
+            listener = PushListener(runtime.settings).start()
+        memo.push_listener = listener
+        memo.events = PushDelivery(runtime, SyncLoop(runtime), listener).start()
+    elif runtime.settings.event_mode:  # beside the sync loop, stopped with it
         memo.events = EventConsumer(runtime, SyncLoop(runtime)).start()
 
 
@@ -104,32 +121,23 @@ async def stop(*, memo: Any, **_: Any) -> None:
     if getattr(memo, "stop_sync", None) is not None:
         memo.stop_sync.set()
         await memo.sync_task
+        await memo.claims_task
 
 
-@kopf.index(*RESOURCE)
-def claims_by_user(
+@kopf.on.event(*RESOURCE)
+async def claims_changed(
     *,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    namespace: str | None,
-    name: str,
-    uid: str,
-    meta: kopf.Meta,
+    type: str,  # noqa: A002  (kopf's name for the watch event type)
+    body: kopf.Body,
     memo: Any,
     **_: Any,
-) -> dict[str, Claim]:
-    """Every object that wants each user, in this shard or not (another shard's object is
-    alive: its claim is never taken as stale)."""
-    return {
-        claim_key(str(spec.get("iamUser", ""))): Claim(
-            namespace=namespace or "",
-            name=name,
-            uid=uid,
-            created=str(meta.get("creationTimestamp", "")),
-            holding=holds_claim(dict(status)),
-            in_shard=_shard(memo).serves(namespace or "", dict(meta.get("labels") or {})),
-        )
-    }
+) -> None:
+    """Every object, in this shard or not (another shard's object is alive: its claim is never
+    taken as stale), into the claims map; kopf calls this before the object's own handlers.
+    No I/O: in the event loop, at every event."""
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:  # always: the start-up handler made it before any watcher began
+        runtime.claims.observe(body, deleted=type == "DELETED")
 
 
 @kopf.on.resume(*RESOURCE, when=in_shard)
@@ -143,7 +151,6 @@ def reconcile_object(
     (kopf had not written its last-handled-configuration yet, and its consistency wait ran out)
     was already decided on: the decision that wrote it read the object fresh."""
     runtime: Runtime = memo.runtime
-    runtime.claims_index = kwargs["claims_by_user"]
     version = str(meta.get("resourceVersion") or "")
     if runtime.index.is_own_write(namespace or "", name, version):
         metrics.OWN_WRITES_SEEN.labels(reason=str(reason)).inc()

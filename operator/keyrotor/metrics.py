@@ -77,6 +77,14 @@ SECRET_EVENTS = Counter(
     "failed and the message comes back)",
     ["outcome"],
 )
+EVENT_PUSH_REQUESTS = Counter(
+    "keyrotor_event_push_requests_total",
+    "Push delivery: requests to the event listener by outcome (accepted: an object of this "
+    "operator queued for a look; ignored: no change of AWSCURRENT or no object here; "
+    "unauthorized: a missing or wrong token; too_large, bad_request, method: refused; busy: too "
+    "many objects waiting; standby: not the active replica; dropped: too many connections)",
+    ["outcome"],
+)
 FIRST_LOOK_SECONDS = Gauge(
     "keyrotor_focus_first_look_seconds",
     "Seconds from a requested rotation to the first DescribeSecret that looks for its end, as "

@@ -151,6 +151,18 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr=settings.bind_address)
+    # Push delivery listens from the start, like metrics: a standby answers 503 (EventBridge
+    # retries) until it is the active replica.
+    push_listener = None
+    if settings.event_push:
+        from keyrotor.event_push import PushListener
+
+        try:
+            push_listener = PushListener(settings).start()
+        except OSError as exc:
+            raise StartupError(
+                f"--event-push-port {settings.event_push_port}: cannot listen: {exc.strerror}"
+            ) from None
     runtime = make_runtime(settings)  # fail fast, before kopf starts, with one readable line
     metrics.LEADER.set(0)
     metrics.SHARD_INFO.labels(shard=settings.shard_name).set(1)
@@ -158,7 +170,11 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
     elector = elect_leader(settings) if settings.leader_elect else None
     metrics.LEADER.set(1)
-    memo = kopf.Memo(make_runtime=partial(lambda rt: rt, runtime), shard=settings.shard)
+    memo = kopf.Memo(
+        make_runtime=partial(lambda rt: rt, runtime),
+        shard=settings.shard,
+        push_listener=push_listener,
+    )
     if settings.shard.name or settings.shard.selector is not None:
         logging.getLogger(__name__).info("serving %s", settings.shard.describe())
     try:

@@ -98,6 +98,19 @@ def _add_mode_arguments(parser: argparse.ArgumentParser) -> None:
         "creating keyrotor-<cluster-name>-events",
     )
     parser.add_argument(
+        "--event-delivery",
+        choices=["queue", "push"],
+        default=env("EVENT_DELIVERY", "queue"),
+        help="as keyrotor run --event-delivery: push adds the connection and the API destination "
+        "(and passing --event-push-role-arn to EventBridge) instead of the queue",
+    )
+    parser.add_argument(
+        "--event-push-role-arn",
+        default=env("EVENT_PUSH_ROLE_ARN"),
+        help="as keyrotor run --event-push-role-arn (the event-push-role and event-push-trust "
+        "documents are that role's)",
+    )
+    parser.add_argument(
         "--shard",
         action="append",
         default=None,
@@ -166,6 +179,8 @@ def params_from_args(args: argparse.Namespace) -> policies.PolicyParams:
         event_mode=bool(args.event_mode),
         event_queue_arn=_queue_arn(args.event_queue_url, args.partition),
         shards=tuple(_shards(args)),
+        event_push=args.event_delivery == "push",
+        event_push_role_arn=args.event_push_role_arn or None,
     )
 
 

@@ -6,12 +6,13 @@ Made once in kopf's start-up handler and kept in ``memo``; never at import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyrotor.aws.clients import AwsClients
+from keyrotor.claims import ClaimsMap
 from keyrotor.index import ObjectIndex
 from keyrotor.installation import Installation
 from keyrotor.k8s.client import KubeApis
@@ -29,11 +30,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def claim_key(iam_user: str) -> str:
-    """IAM user names are unique case-insensitively: one key for every spelling."""
-    return iam_user.lower()
-
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -44,8 +40,12 @@ class Runtime:
     installation_id: str = ""  # tenancy.installation_id: secret tags (and claims, unsharded)
     clock: Callable[[], datetime] = utcnow
     index: ObjectIndex = field(default_factory=ObjectIndex)
-    # kopf's index of claims by IAM user (live; filled before the first handler runs).
-    claims_index: Mapping[str, Sequence[Claim]] | None = None
+    # Which objects want which IAM user (keyrotor.claims): filled in kopf's start-up handler,
+    # before any watcher starts, and kept current by kopf's events.
+    claims: ClaimsMap = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.claims = ClaimsMap(self.settings.shard)
 
     @property
     def claim_identity(self) -> str:
@@ -53,11 +53,5 @@ class Runtime:
         return self.settings.shard.identity(self.installation_id)
 
     def claims_for(self, iam_user: str) -> tuple[Claim, ...]:
-        if self.claims_index is None:
-            return ()
-        for _attempt in range(3):
-            try:  # kopf updates its index from the event loop's thread
-                return tuple(self.claims_index.get(claim_key(iam_user), ()))
-            except RuntimeError:
-                continue
-        return ()
+        """Every object that wants ``iam_user``; NotReadyError before the map was filled."""
+        return self.claims.claims_for(iam_user)

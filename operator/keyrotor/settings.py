@@ -11,8 +11,9 @@ import fnmatch
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from urllib.parse import urlsplit
 
 from keyrotor.model import parse_duration
 from keyrotor.shards import SHARD_NAME_RE, LabelSelector, Shard
@@ -25,6 +26,11 @@ EVENT_MODE_SYNC_INTERVAL = 1800.0
 DEFAULT_WORKERS = 8
 MAX_WORKERS = 64
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+# Event delivery: EventBridge to an SQS queue keyrotor long-polls, or EventBridge calling the
+# operator (an API destination) with a shared token.
+EVENT_DELIVERIES = ("queue", "push")
+PUSH_TOKEN_RE = re.compile(r"^[\x21-\x7e]{32,512}$")  # visible ASCII: an HTTP header value
+ROLE_ARN_RE = re.compile(r"^arn:[a-z-]+:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
 
@@ -92,6 +98,15 @@ class Settings:
     # look at; the queue keyrotor-<cluster>-events unless the user names one.
     event_mode: bool = False
     event_queue_url: str | None = None
+    # Push delivery (keyrotor.event_push): EventBridge POSTs each event to event_push_url (the
+    # user's Ingress), which reaches the listener on bind_address:event_push_port; EventBridge
+    # sends event_push_token in a header and invokes the destination with event_push_role_arn.
+    event_delivery: str = "queue"
+    event_push_port: int = 0
+    event_push_url: str | None = None
+    event_push_role_arn: str | None = None
+    # Never in a repr, log line, status or exception (it comes from a Kubernetes Secret).
+    event_push_token: str = field(default="", repr=False, compare=False)
     allow: tuple[AllowRule, ...] = ()
     kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
     metrics_port: int = 0  # 0: no metrics endpoint
@@ -136,6 +151,7 @@ class Settings:
             raise SettingsError(f"--sync-interval {self.sync_interval:g}s: must be at least 10s")
         if self.event_queue_url and not self.event_mode:
             raise SettingsError("--event-queue-url: only used with --event-mode")
+        self._check_event_push()
         if self.recheck_interval < 1:
             raise SettingsError(
                 f"--recheck-interval {self.recheck_interval:g}s: must be at least 1s"
@@ -166,6 +182,35 @@ class Settings:
                 f"--leader-election-renew-deadline {self.renew_deadline:g}s and "
                 f"--leader-election-retry-period {self.retry_period:g}s: each must be longer "
                 f"than the next (the retry period by a fifth)"
+            )
+
+    @property
+    def event_push(self) -> bool:
+        return self.event_mode and self.event_delivery == "push"
+
+    def _check_event_push(self) -> None:
+        if self.event_delivery not in EVENT_DELIVERIES:
+            raise SettingsError(f"--event-delivery {self.event_delivery!r}: expected queue or push")
+        if self.event_delivery != "push":
+            return
+        if not self.event_mode:
+            raise SettingsError("--event-delivery push: only used with --event-mode")
+        if self.event_queue_url:
+            raise SettingsError("--event-queue-url: not used with --event-delivery push")
+        if not 1 <= self.event_push_port <= 65535:
+            raise SettingsError("--event-push-port: push delivery needs the listener's port")
+        _check_push_url(self.event_push_url)
+        if not self.event_push_role_arn or not ROLE_ARN_RE.match(self.event_push_role_arn):
+            raise SettingsError(
+                f"--event-push-role-arn {self.event_push_role_arn or ''!r}: push delivery needs "
+                f"the ARN of the role EventBridge invokes the API destination with "
+                f"(keyrotor policy --document event-push-role / event-push-trust)"
+            )
+        if not PUSH_TOKEN_RE.match(self.event_push_token):
+            # Says what is wrong with the token, never any of it.
+            raise SettingsError(
+                "KEYROTOR_EVENT_PUSH_TOKEN: push delivery needs a token of 32 to 512 visible "
+                "ASCII characters (no spaces), e.g. from `openssl rand -hex 32`"
             )
 
     # Names of what one installation (one cluster name) shares in the AWS account.
@@ -200,6 +245,28 @@ class Settings:
 
     def default_secret_name(self, namespace: str, name: str) -> str:
         return f"{self.secret_prefix}{namespace}/{name}"
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _check_push_url(url: str | None) -> None:
+    """EventBridge calls HTTPS endpoints only; plain HTTP is accepted for loopback (the sandbox)."""
+    parts = urlsplit(url or "")
+    loopback = parts.hostname in LOOPBACK_HOSTS or (parts.hostname or "").startswith("127.")
+    if (
+        not url
+        or len(url) > 2048
+        or not parts.hostname
+        or parts.username
+        or parts.password
+        or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+    ):
+        raise SettingsError(
+            f"--event-push-url {url or ''!r}: push delivery needs the HTTPS URL at which "
+            f"EventBridge reaches the listener (your Ingress), e.g. "
+            f"https://keyrotor.example.com/events"
+        )
 
 
 def env(name: str, default: str | None = None) -> str | None:

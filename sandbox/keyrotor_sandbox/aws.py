@@ -178,11 +178,39 @@ test_packaging.py`` fails on any other.
    tests:    test_user_names_are_not_distinguished_by_case,
              test_plain_moto_user_names_are_case_sensitive
 
+15. EventBridge calls API destinations as AWS does.
+   moto:     a rule's API-destination target is called only with MOTO_EVENTS_INVOKE_HTTP=true,
+             synchronously, with no body (not the event) and without the connection's
+             authorization header, never retried; DescribeConnection's answer carries the API
+             key's value (boto3 drops it, but it is on the wire).
+   restored: every matching event is POSTed (the destination's method) as EventBridge's JSON
+             (``time`` in ISO 8601) to the destination's endpoint with ``Content-Type:
+             application/json; charset=utf-8`` and the connection's API-key header
+             (ApiKeyName: ApiKeyValue), from a thread of its own (delivery is asynchronous);
+             401, 407, 409, 429, 5xx and no answer within 5 s are retried with exponential
+             backoff (from 0.5 s, doubling, at most 30 s, with jitter: AWS does not document
+             its steps) within the target's RetryPolicy (default 185 retries, 24 hours); other
+             answers end the delivery. :attr:`AwsEmulator.pushes` records each request's
+             endpoint and status; :attr:`AwsEmulator.drop_events` loses pushes too (fix 12).
+             DescribeConnection answers the API key's name only (and no basic-auth password,
+             OAuth client secret or secret invocation parameter). Fix 13 authorizes connection
+             and API destination calls on their own ARNs, CreateApiDestination also on its
+             connection, and PutTargets with a RoleArn also as ``iam:PassRole`` to
+             ``events.amazonaws.com``.
+   doc:      eventbridge/latest/userguide/eb-api-destinations.html (timeout, retried codes),
+             eb-rule-retry-policy.html, eventbridge/latest/APIReference/
+             API_ConnectionApiKeyAuthResponseParameters.html
+   tests:    test_api_destinations_receive_the_event_with_the_connections_api_key,
+             test_api_destinations_are_retried_on_5xx_and_429_not_on_other_4xx,
+             test_describe_connection_answers_the_key_name_not_its_value,
+             test_plain_moto_posts_no_event_and_no_key_to_api_destinations
+
 Not restored (left as moto does it): authorization of principals not given to enforce_iam
 (fix 13; IAM policies are not evaluated for them; nor is an
 SQS queue policy when EventBridge delivers), CloudTrail's delivery delay (events arrive at once;
 on AWS, seconds to minutes, best effort), a queue's ReceiveMessageWaitTimeSeconds (a long poll
-must name WaitTimeSeconds), the
+must name WaitTimeSeconds), an API destination's
+InvocationRateLimitPerSecond (requests are not paced), the
 rotation window (Duration is stored and reported, rotations start when asked), NextRotationDate for
 cron() schedules (not computed), ListSecretVersionIds lists deprecated versions too; the credential
 report never expires (ReportExpired: AWS does not say after how long), a key's last use is
@@ -214,11 +242,13 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import socket
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 import zipfile
@@ -267,6 +297,24 @@ _FAST_TEST_BACKOFF = {
 }
 
 When = Literal["before", "after"]
+# Fix 15: how EventBridge calls an API destination (eventbridge/latest/userguide/
+# eb-api-destinations.html): a 5 s timeout; these codes (and 5xx, and no answer) are retried.
+PUSH_TIMEOUT = 5.0
+PUSH_RETRIED = (401, 407, 409, 429)
+PUSH_BACKOFF = 0.5  # seconds before the first retry; doubled each time (AWS: not documented)
+PUSH_BACKOFF_CAP = 30.0
+
+
+@dataclass(frozen=True)
+class _Push:
+    """One event on its way to an API destination."""
+
+    url: str
+    method: str
+    headers: Mapping[str, str]
+    body: bytes
+    attempts: int
+    max_age: float
 
 
 class Call(NamedTuple):
@@ -481,6 +529,32 @@ class _LambdaBoto3:
 
 # --- moto patches, active only while the emulator's server handles a request -------------------
 
+# What a connection's DescribeConnection leaves out (eventbridge/latest/APIReference/
+# API_ConnectionAuthResponseParameters.html: ApiKeyName only; Username only; ClientID only).
+_CONNECTION_SECRETS = {
+    "ApiKeyAuthParameters": ("ApiKeyValue",),
+    "BasicAuthParameters": ("Password",),
+    "OAuthParameters": ("ClientParameters.ClientSecret",),
+}
+
+
+def _without_connection_secrets(auth: Mapping[str, Any] | None) -> dict[str, Any]:
+    result = json.loads(json.dumps(dict(auth or {})))
+    for section, fields in _CONNECTION_SECRETS.items():
+        for path in fields:
+            *parents, last = path.split(".")
+            node = result.get(section)
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+    for parameters in (result.get("InvocationHttpParameters") or {}).values():
+        for parameter in parameters if isinstance(parameters, list) else []:
+            if isinstance(parameter, dict) and parameter.get("IsValueSecret"):
+                parameter.pop("Value", None)
+    return dict(result)
+
+
 _context = threading.local()
 _patch_lock = threading.Lock()
 _patched = False
@@ -632,6 +706,18 @@ def _install_moto_patches() -> None:
                 raise NotFoundException(f"Policy {boundary} does not exist or is not attachable.")
             return original_create_role(self, role_name, assume, path, boundary, *args, **kwargs)
 
+        # Fix 15: DescribeConnection answers the authorization's names, never its secrets.
+        from moto.events import models as events_models
+
+        original_describe_connection = events_models.Connection.describe
+
+        def describe_connection(self: Any) -> dict[str, Any]:
+            result: dict[str, Any] = original_describe_connection(self)
+            if _active() is not None:
+                result["AuthParameters"] = _without_connection_secrets(self.auth_parameters)
+            return result
+
+        setattr(events_models.Connection, "describe", describe_connection)  # noqa: B010
         setattr(IAMBackend, "create_role", create_role)  # noqa: B010
         setattr(IamResponse, "generate_credential_report", generate_credential_report)  # noqa: B010
         setattr(IamResponse, "get_credential_report", get_credential_report)  # noqa: B010
@@ -1101,6 +1187,8 @@ class AwsEmulator:
         self.drop_events = False
         self.emitted_events: list[tuple[str, str, str]] = []  # (detail-type, eventName, secret)
         self.dropped_events: list[tuple[str, str, str]] = []
+        # Fix 15: every request made to an API destination: (endpoint, HTTP status; 0: none).
+        self.pushes: list[tuple[str, int]] = []
         self._queue_activity = threading.Condition()
         self._started_at = datetime.now(UTC)
 
@@ -1412,11 +1500,7 @@ class AwsEmulator:
         if service == "iam":
             return self._iam_requests(principal, action, operation, params)
         if service == "events":
-            name = str(params.get("Name") or params.get("Rule") or "")
-            bus = str(params.get("EventBusName") or "default")
-            rule = f"rule/{name}" if bus == "default" else f"rule/{bus}/{name}"
-            if name:
-                return [Request(action, f"arn:aws:events:{self.region}:{self.account_id}:{rule}")]
+            return self._events_requests(action, operation, params)
         if service == "sqs":
             queue = (
                 str(params.get("QueueName") or "")
@@ -1425,6 +1509,53 @@ class AwsEmulator:
             if queue:
                 return [Request(action, f"arn:aws:sqs:{self.region}:{self.account_id}:{queue}")]
         return [Request(action, "*")]
+
+    def _events_requests(
+        self, action: str, operation: str, params: Mapping[str, Any]
+    ) -> list[Request]:
+        """A rule, connection or API destination by the name the request gives (a connection's
+        and a destination's ARN end in ``/<uuid>``, known once created); CreateApiDestination
+        also on its connection; PutTargets with a RoleArn also ``iam:PassRole`` of that role to
+        ``events.amazonaws.com``."""
+        prefix = f"arn:aws:events:{self.region}:{self.account_id}"
+        name = str(params.get("Name") or params.get("Rule") or "")
+        if not name:
+            return [Request(action, "*")]
+        if operation.endswith("Connection"):
+            return [
+                Request(
+                    action, self._events_arn("connections", name, f"{prefix}:connection/{name}")
+                )
+            ]
+        if operation.endswith("ApiDestination"):
+            requests = [
+                Request(
+                    action,
+                    self._events_arn("destinations", name, f"{prefix}:api-destination/{name}"),
+                )
+            ]
+            if operation == "CreateApiDestination" and params.get("ConnectionArn"):
+                requests.append(Request(action, str(params["ConnectionArn"])))
+            return requests
+        bus = str(params.get("EventBusName") or "default")
+        rule = f"rule/{name}" if bus == "default" else f"rule/{bus}/{name}"
+        requests = [Request(action, f"{prefix}:{rule}")]
+        for target in params.get("Targets") or [] if operation == "PutTargets" else []:
+            if isinstance(target, Mapping) and target.get("RoleArn"):
+                requests.append(
+                    Request(
+                        "iam:PassRole",
+                        str(target["RoleArn"]),
+                        {"iam:PassedToService": "events.amazonaws.com"},
+                    )
+                )
+        return requests
+
+    def _events_arn(self, kind: str, name: str, before_creation: str) -> str:
+        from moto.events.models import events_backends
+
+        found = getattr(events_backends[self.account_id][self.region], kind).get(name)
+        return str(found.arn) if found is not None else before_creation
 
     @staticmethod
     def _tag_context(tags: Iterable[Mapping[str, str]]) -> dict[str, Any]:
@@ -1692,10 +1823,89 @@ class AwsEmulator:
             transform = any("InputTransformer" in target for target in rule.targets)
             # moto's input templating reads ingestion-time; an untransformed event goes as is.
             message: Any = {**event, "ingestion-time": event["time"]} if transform else event
+            # Fix 15: API destinations are the emulator's to call; moto's own targets the rest.
+            every_target = rule.targets
+            pushed = [t for t in every_target if ":api-destination/" in str(t.get("Arn", ""))]
+            rule.targets = [t for t in every_target if t not in pushed]
             try:
                 rule.send_to_targets(message, transform_input=transform)
             except Exception:  # a target gone: AWS drops that delivery, not the event
                 logger.warning("rule %s did not deliver %s", rule.name, detail["eventName"])
+            finally:
+                rule.targets = every_target
+            if pushed and rule.event_pattern.matches_event(event):  # type: ignore[arg-type]
+                for target in pushed:
+                    self._push_to_api_destination(target, event)
+
+    def _push_to_api_destination(self, target: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        """What EventBridge does for an API destination target (fix 15): POST the event as JSON
+        to the destination's endpoint with the connection's API key header, from a thread of
+        its own (delivery is asynchronous); retry 401, 407, 409, 429, 5xx and no answer within
+        5 s with exponential backoff, within the target's RetryPolicy. Called under the lock."""
+        from moto.events.models import events_backends
+
+        backend = events_backends[self.account_id][self.region]
+        name = str(target["Arn"]).split(":api-destination/", 1)[1].split("/")[0]
+        destination = backend.destinations.get(name)
+        connection = next(
+            (
+                c
+                for c in backend.connections.values()
+                if destination is not None and c.arn == destination.connection_arn
+            ),
+            None,
+        )
+        if destination is None or connection is None:
+            logger.warning("API destination %s or its connection is gone: event dropped", name)
+            return
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": "Amazon/EventBridge/ApiDestinations",
+        }
+        api_key = (connection.auth_parameters or {}).get("ApiKeyAuthParameters") or {}
+        if connection.authorization_type == "API_KEY" and api_key.get("ApiKeyName"):
+            headers[str(api_key["ApiKeyName"])] = str(api_key.get("ApiKeyValue", ""))
+        when = datetime.fromtimestamp(float(event["time"]), UTC)
+        body = json.dumps({**event, "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+        policy = target.get("RetryPolicy") or {}
+        delivery = _Push(
+            url=str(destination.invocation_endpoint),
+            method=str(destination.http_method or "POST"),
+            headers=headers,
+            body=body,
+            attempts=1 + int(policy.get("MaximumRetryAttempts", 185)),
+            max_age=float(policy.get("MaximumEventAgeInSeconds", 86400)),
+        )
+        thread = threading.Thread(target=self._push, args=(delivery,), daemon=True)
+        thread.start()
+
+    def _push(self, delivery: _Push) -> None:
+        started = time.monotonic()
+        for attempt in range(delivery.attempts):
+            request = urllib.request.Request(  # noqa: S310  (the destination's endpoint)
+                delivery.url, data=delivery.body, headers=delivery.headers, method=delivery.method
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=PUSH_TIMEOUT) as response:  # noqa: S310
+                    status = int(response.status)
+            except urllib.error.HTTPError as error:
+                status = int(error.code)
+            except OSError:
+                status = 0  # no answer (refused, timed out): retried
+            with self._lock:
+                self.pushes.append((delivery.url, status))
+            if status not in PUSH_RETRIED and not 500 <= status <= 599 and status != 0:
+                return
+            wait = min(PUSH_BACKOFF * 2**attempt, PUSH_BACKOFF_CAP) * (0.5 + random.random() / 2)  # noqa: S311
+            if (
+                attempt + 1 >= delivery.attempts
+                or time.monotonic() - started + wait > delivery.max_age
+            ):
+                logger.warning(
+                    "API destination %s: event dropped after %d attempts", delivery.url, attempt + 1
+                )
+                return
+            time.sleep(wait)
 
     def _notify_queues(self) -> None:
         with self._queue_activity:

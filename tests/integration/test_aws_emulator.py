@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import textwrap
 import time
 import uuid
@@ -913,3 +914,161 @@ def test_plain_moto_sends_no_secrets_manager_events() -> None:
             Name="s", SecretString="v"
         )
         assert sqs.receive_message(QueueUrl=url).get("Messages", []) == []
+
+
+# 15. EventBridge calls API destinations as AWS does
+
+
+class _Endpoint:
+    """An HTTP endpoint on loopback that records each request and answers the next status."""
+
+    def __init__(self, statuses: tuple[int, ...] = (200,)) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.statuses = list(statuses)
+        self.received = threading.Condition()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with endpoint.received:
+                    endpoint.requests.append((self.command, dict(self.headers.items()), body))
+                    status = endpoint.statuses.pop(0) if len(endpoint.statuses) > 1 else 200
+                    endpoint.received.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[tuple[str, dict[str, str], bytes]]:
+        with self.received:
+            self.received.wait_for(lambda: len(self.requests) >= count, timeout)
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _rule_to_api_destination(events: Any, endpoint: _Endpoint, pattern: dict[str, Any]) -> str:
+    name = f"push-{uuid.uuid4().hex[:8]}"
+    connection = events.create_connection(
+        Name=name,
+        AuthorizationType="API_KEY",
+        AuthParameters={
+            "ApiKeyAuthParameters": {"ApiKeyName": "X-Test-Key", "ApiKeyValue": "k-91"}
+        },
+    )["ConnectionArn"]
+    destination = events.create_api_destination(
+        Name=name,
+        ConnectionArn=connection,
+        InvocationEndpoint=endpoint.url,
+        HttpMethod="POST",
+    )["ApiDestinationArn"]
+    events.put_rule(Name=name, EventPattern=json.dumps(pattern))
+    events.put_targets(
+        Rule=name,
+        Targets=[{"Id": "d", "Arn": destination, "RoleArn": "arn:aws:iam::123456789012:role/r"}],
+    )
+    return name
+
+
+def test_api_destinations_receive_the_event_with_the_connections_api_key(aws: AwsEmulator) -> None:
+    endpoint = _Endpoint()
+    try:
+        arn = _plain_secret(aws)
+        _rule_to_api_destination(
+            aws.client("events"), endpoint, {"detail": {"responseElements": {"arn": [arn]}}}
+        )
+        aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString="v2")
+        method, headers, body = endpoint.wait_for(1)[0]
+        assert method == "POST"
+        assert headers["X-Test-Key"] == "k-91"
+        assert headers["Content-Type"].startswith("application/json")
+        event = json.loads(body)
+        assert event["source"] == "aws.secretsmanager"
+        assert event["detail"]["eventName"] == "PutSecretValue"
+        assert event["detail"]["responseElements"]["arn"] == arn
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", event["time"])
+        assert "v2" not in body.decode()
+    finally:
+        endpoint.close()
+
+
+def test_api_destinations_are_retried_on_5xx_and_429_not_on_other_4xx(aws: AwsEmulator) -> None:
+    retried, refused = _Endpoint((503, 429, 200)), _Endpoint((400,))
+    try:
+        arn = _plain_secret(aws)
+        pattern = {"detail": {"responseElements": {"arn": [arn]}}}
+        _rule_to_api_destination(aws.client("events"), retried, pattern)
+        _rule_to_api_destination(aws.client("events"), refused, pattern)
+        aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString="v2")
+        assert len(retried.wait_for(3)) == 3
+        deadline = time.monotonic() + 10
+        while len([u for u, _ in aws.pushes if u == retried.url]) < 3:
+            assert time.monotonic() < deadline, aws.pushes
+            time.sleep(0.05)
+        assert [s for url, s in aws.pushes if url == retried.url] == [503, 429, 200]
+        time.sleep(2)  # the first retry would have come after at most 0.5 s
+        assert len(refused.requests) == 1
+    finally:
+        retried.close()
+        refused.close()
+
+
+def test_describe_connection_answers_the_key_name_not_its_value(aws: AwsEmulator) -> None:
+    events = aws.client("events")
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    events.create_connection(
+        Name=name,
+        AuthorizationType="API_KEY",
+        AuthParameters={
+            "ApiKeyAuthParameters": {"ApiKeyName": "X-Test-Key", "ApiKeyValue": "k-92"}
+        },
+    )
+    raw: list[bytes] = []
+    events.meta.events.register(
+        "after-call.events.DescribeConnection",
+        lambda http_response, **_: raw.append(http_response.content),
+    )
+    described = events.describe_connection(Name=name)
+    assert described["AuthParameters"] == {"ApiKeyAuthParameters": {"ApiKeyName": "X-Test-Key"}}
+    assert b"k-92" not in raw[0]  # not on the wire either
+
+
+def test_plain_moto_posts_no_event_and_no_key_to_api_destinations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOTO_EVENTS_INVOKE_HTTP", "true")
+    endpoint = _Endpoint()
+    try:
+        with mock_aws():
+            events = boto3.client("events", region_name="us-east-1")
+            _rule_to_api_destination(events, endpoint, {"source": ["test.push"]})
+            events.put_events(
+                Entries=[{"Source": "test.push", "DetailType": "t", "Detail": json.dumps({})}]
+            )
+        method, headers, body = endpoint.wait_for(1, timeout=10)[0]
+        assert method == "POST" and body == b"" and "X-Test-Key" not in headers
+        with mock_aws():
+            events = boto3.client("events", region_name="us-east-1")
+            name = _rule_to_api_destination(events, endpoint, {"source": ["x"]})
+            raw: list[bytes] = []
+            events.meta.events.register(
+                "after-call.events.DescribeConnection",
+                lambda http_response, **_: raw.append(http_response.content),
+            )
+            events.describe_connection(Name=name)  # boto3 drops the value; the wire has it
+            assert b'"ApiKeyValue": "k-91"' in raw[0]
+    finally:
+        endpoint.close()

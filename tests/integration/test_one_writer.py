@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from keyrotor import errors, reconcile, sync
+from keyrotor import claims, errors, reconcile, sync
 from keyrotor.aws import policies
 from keyrotor.aws.clients import AwsClients
 from keyrotor.installation import Installation, Target
@@ -66,7 +66,8 @@ def runtime(aws: Any, operator_rbac: Any, kube_operator_api: Any) -> Iterator[Ru
     )
 
 
-def _object(kube_admin_api: Any, namespace: str, user: str) -> None:
+def _object(kube_admin_api: Any, namespace: str, user: str, rt: Runtime) -> None:
+    """The object, then the operator's start-up list of the claims (keyrotor.claims)."""
     client.CustomObjectsApi(kube_admin_api).create_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -79,6 +80,7 @@ def _object(kube_admin_api: Any, namespace: str, user: str) -> None:
             "spec": {"iamUser": user, "previousKey": {"action": "Keep"}},
         },
     )
+    claims.resync(rt.kube, rt.claims, (namespace,))
 
 
 def _status(rt: Runtime, namespace: str) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def test_sync_loop_reconcile_and_repair_at_once_agree(
     rt = runtime
     user = f"user-{uuid.uuid4().hex[:10]}"
     aws.create_iam_user(user, tags={"keyrotor.io/namespaces": namespace})
-    _object(kube_admin_api, namespace, user)
+    _object(kube_admin_api, namespace, user, rt)
     reconcile.converge(rt, namespace, "app")  # claim, installation, secret, first rotation
     aws.wait_for_rotations(timeout=60)
     reconcile.converge(rt, namespace, "app")  # the first key mirrored
@@ -161,7 +163,7 @@ def test_status_written_from_a_stale_read_is_refused(
     rt = runtime
     user = f"user-{uuid.uuid4().hex[:10]}"
     aws.create_iam_user(user)  # not authorized: one decision, no AWS writes
-    _object(kube_admin_api, namespace, user)
+    _object(kube_admin_api, namespace, user, rt)
     stale = objects.get_object(rt.kube, namespace, "app")
     assert stale is not None
     client.CustomObjectsApi(kube_admin_api).patch_namespaced_custom_object(

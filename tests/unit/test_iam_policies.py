@@ -42,6 +42,8 @@ CREATED = params(kms_keys=(KEY,))
 EVENTS = params(kms_keys=(KEY,), event_mode=True)
 GIVEN_QUEUE = f"arn:aws:sqs:eu-west-1:{ACCOUNT}:platform-secret-events"
 GIVEN = params(kms_keys=(KEY,), lambda_role_arn=GIVEN_ROLE)
+PUSH_ROLE = f"arn:aws:iam::{ACCOUNT}:role/platform/keyrotor-prod-event-push"
+PUSH = params(kms_keys=(KEY,), event_mode=True, event_push=True, event_push_role_arn=PUSH_ROLE)
 
 
 def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,12 +129,17 @@ def operator_sources() -> list[Path]:
 def test_the_operator_policy_grants_exactly_what_the_operator_calls() -> None:
     every_call = aws_actions_called(operator_sources())
     kms = {"kms:Decrypt", "kms:GenerateDataKey"}  # Secrets Manager's calls on our behalf
-    # Event mode's actions only with --event-mode; only consuming a queue the user names.
+    # Event mode's actions only with --event-mode; only consuming a queue the user names;
+    # push delivery: no queue, the connection and the API destination instead.
     event_mode = {a for a in every_call if a.startswith(("sqs:", "events:"))}
-    assert policies.actions_of(policies.operator_policy(EVENTS)) == every_call | kms
+    push_only = {a for a in every_call if a.endswith(("Connection", "ApiDestination"))}
+    queue = {a for a in every_call if a.startswith("sqs:")}
+    assert push_only and queue
+    assert policies.actions_of(policies.operator_policy(EVENTS)) == (every_call - push_only) | kms
+    assert policies.actions_of(policies.operator_policy(PUSH)) == (every_call - queue) | kms
     ensure_queue = {"sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"}
     given_queue = policies.operator_policy(replace(EVENTS, event_queue_arn=GIVEN_QUEUE))
-    assert policies.actions_of(given_queue) == (every_call - ensure_queue) | kms
+    assert policies.actions_of(given_queue) == (every_call - ensure_queue - push_only) | kms
     called = every_call - event_mode
     assert policies.actions_of(policies.operator_policy(CREATED)) == called | kms
     role_writing = {"iam:CreateRole", "iam:PutRolePolicy", "iam:TagRole"}
@@ -654,3 +661,76 @@ def test_policy_command_takes_event_mode_and_the_queue_url() -> None:
     )
     p = policy_command.params_from_args(args)
     assert p.event_mode and p.event_queue_arn == GIVEN_QUEUE
+
+
+def test_push_delivery_reaches_only_its_own_connection_destination_and_role() -> None:
+    operator = policies.operator_policy(PUSH)
+    base = f"arn:aws:events:eu-west-1:{ACCOUNT}"
+    connection = f"{base}:connection/keyrotor-prod-push/0a1b2c3d-1111-2222-3333-444455556666"
+    destination = f"{base}:api-destination/keyrotor-prod-push/0a1b2c3d-1111-2222-3333-4444555566"
+    for action in ("events:CreateConnection", "events:UpdateConnection"):
+        assert allows(operator, action, connection)
+        assert allows(operator, action, connection.rsplit("/", 1)[0])  # before it exists
+        assert not allows(operator, action, connection.replace("-prod-", "-prod-eu-"))
+    for action in ("events:CreateApiDestination", "events:UpdateApiDestination"):
+        assert allows(operator, action, destination)
+        assert not allows(operator, action, destination.replace("-prod-", "-pro-"))
+    assert allows(operator, "events:PutTargets", f"{base}:rule/keyrotor-prod-secrets")
+    # No queue, and no action on the secret EventBridge keeps the token in.
+    assert not {a for a in policies.actions_of(operator) if a.startswith("sqs:")}
+    assert not allows(
+        operator,
+        "secretsmanager:GetSecretValue",
+        f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:events!connection/keyrotor-prod-push/x",
+    )
+    # The push role is passed to EventBridge only; the rotation role still to Lambda only.
+    passing = granting(operator, "iam:PassRole")
+    by_role = {
+        s["Resource"]: s["Condition"]["StringEquals"]["iam:PassedToService"] for s in passing
+    }
+    assert by_role[PUSH_ROLE] == "events.amazonaws.com"
+    assert by_role[PUSH.role_arn] == "lambda.amazonaws.com"
+    # The role EventBridge uses: invoke this destination only, assumed for this rule only.
+    role = policies.event_push_role_policy(PUSH)
+    assert policies.actions_of(role) == {"events:InvokeApiDestination"}
+    assert allows(role, "events:InvokeApiDestination", destination)
+    assert not allows(role, "events:InvokeApiDestination", destination.replace("-prod-", "-x-"))
+    trust = policies.event_push_trust_policy(PUSH)["Statement"][0]
+    assert trust["Principal"] == {"Service": "events.amazonaws.com"}
+    assert trust["Condition"]["ArnEquals"]["aws:SourceArn"] == f"{base}:rule/keyrotor-prod-secrets"
+    assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == ACCOUNT
+
+
+def test_push_delivery_documents_are_valid_iam_and_not_escalations() -> None:
+    for document in (policies.operator_policy(PUSH), policies.event_push_role_policy(PUSH)):
+        for statement in statements(document):
+            keys = {k for by_key in statement.get("Condition", {}).values() for k in by_key}
+            for action in as_list(statement["Action"]):
+                assert not {k for k in keys if not _condition_key_known(action, k)}, action
+                for arn in as_list(statement["Resource"]):
+                    assert any(_arn_matches_format(arn, f) for f in _arn_formats(action)), arn
+        analysed = cloudsplaining.PolicyDocument(document)
+        assert analysed.allows_privilege_escalation == []
+        assert analysed.all_allowed_unrestricted_actions == []
+        assert analysed.credentials_exposure == []
+
+
+def test_policy_command_takes_push_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYROTOR_EVENT_PUSH_ROLE_ARN", PUSH_ROLE)
+    monkeypatch.setenv("KEYROTOR_KMS_KEY", KEY)
+    printed = json.loads(
+        run_cli(
+            "--cluster-name",
+            "prod",
+            "--region",
+            "eu-west-1",
+            "--account-id",
+            ACCOUNT,
+            "--event-mode",
+            "--event-delivery",
+            "push",
+            "--document",
+            "operator",
+        )
+    )
+    assert printed == policies.operator_policy(PUSH)

@@ -182,6 +182,15 @@ def queue_arn(sqs: SQSClient, queue_url: str) -> str:
 def ensure_rule(events: EventBridgeClient, target: EventTarget, queue: str) -> bool:
     """The rule (pattern, enabled) and the queue (ARN ``queue``) as its target. True when
     something was written."""
+    return ensure_rule_target(events, target, {"Id": RULE_TARGET_ID, "Arn": queue})
+
+
+@aws_errors("events")
+def ensure_rule_target(
+    events: EventBridgeClient, target: EventTarget, wanted: Mapping[str, Any]
+) -> bool:
+    """The rule (pattern, enabled) and ``wanted`` (a target: Id, Arn, and what else it sets)
+    among its targets, compared field by field. True when something was written."""
     pattern = event_pattern(target)
     wrote = False
     try:
@@ -203,8 +212,8 @@ def ensure_rule(events: EventBridgeClient, target: EventTarget, queue: str) -> b
         )
         wrote = True
     targets = events.list_targets_by_rule(Rule=target.rule_name).get("Targets", [])
-    if not any(t.get("Id") == RULE_TARGET_ID and t.get("Arn") == queue for t in targets):
-        events.put_targets(Rule=target.rule_name, Targets=[{"Id": RULE_TARGET_ID, "Arn": queue}])
+    if not any(all(t.get(k) == v for k, v in wanted.items()) for t in targets):
+        events.put_targets(Rule=target.rule_name, Targets=[dict(wanted)])  # type: ignore[list-item]
         wrote = True
     return wrote
 

@@ -30,7 +30,9 @@ def operator_policy(p: PolicyParams) -> dict[str, Any]:
         statements += _created_role_statements(p)
     if p.kms_keys:
         statements += _kms_statements(p)
-    if p.event_mode:
+    if p.event_mode and p.event_push:
+        statements += _event_push_statements(p)
+    elif p.event_mode:
         statements += _event_mode_statements(p)
     return document(*statements)
 
@@ -213,14 +215,55 @@ def _kms_statements(p: PolicyParams) -> list[dict[str, Any]]:
     ]
 
 
-def _event_mode_statements(p: PolicyParams) -> list[dict[str, Any]]:
-    """The rule that sends this installation's Secrets Manager events to its queue, and the
-    queue (keyrotor.aws.eventing)."""
-    rule = statement(
+def _event_rule_statement(p: PolicyParams) -> dict[str, Any]:
+    return statement(
         "EnsureItsOwnEventRule",
         ["events:DescribeRule", "events:ListTargetsByRule", "events:PutRule", "events:PutTargets"],
         _one_or_list(p.event_rule_arns),
     )
+
+
+def _event_push_statements(p: PolicyParams) -> list[dict[str, Any]]:
+    """Push delivery (keyrotor.aws.event_push): the rule, its connection (the token EventBridge
+    sends) and API destination (the operator's URL), and passing the administrator's role to
+    EventBridge only. No queue, no Secrets Manager action: EventBridge keeps the connection's
+    token in a secret of its own, through its service-linked role."""
+    connections = p.event_push_connection_arns
+    return [
+        _event_rule_statement(p),
+        statement(
+            "EnsureItsOwnPushConnection",
+            ["events:CreateConnection", "events:DescribeConnection", "events:UpdateConnection"],
+            connections,
+        ),
+        statement(
+            "EnsureItsOwnApiDestination",
+            [
+                "events:CreateApiDestination",
+                "events:DescribeApiDestination",
+                "events:UpdateApiDestination",
+            ],
+            p.event_push_destination_arns,
+        ),
+        # These two are also authorized on the connection the destination names.
+        statement(
+            "ItsApiDestinationOnItsOwnConnectionOnly",
+            ["events:CreateApiDestination", "events:DescribeApiDestination"],
+            connections,
+        ),
+        statement(
+            "PassThePushRoleToEventBridgeOnly",
+            ["iam:PassRole"],
+            p.event_push_role,
+            StringEquals={"iam:PassedToService": "events.amazonaws.com"},
+        ),
+    ]
+
+
+def _event_mode_statements(p: PolicyParams) -> list[dict[str, Any]]:
+    """The rule that sends this installation's Secrets Manager events to its queue, and the
+    queue (keyrotor.aws.eventing)."""
+    rule = _event_rule_statement(p)
     queues = _one_or_list(p.event_queues)  # each shard's own (policy --shard), else the one
     consume = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
     if p.event_queue_arn:  # the user's queue: read and consume it, nothing else

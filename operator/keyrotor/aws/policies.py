@@ -23,7 +23,16 @@ What each grants, and why (each action is one that the code calls; grep the boto
     (PutRule, DescribeRule, PutTargets, ListTargetsByRule: that rule only) and the SQS queue
     ``keyrotor-<cluster>-events`` (create it, read and put back its policy, receive and delete
     messages: that queue only); with a queue the user names (``--event-queue-url``), only
-    GetQueueAttributes, ReceiveMessage and DeleteMessage on that queue.
+    GetQueueAttributes, ReceiveMessage and DeleteMessage on that queue. Push delivery
+    (``--event-delivery push``) has no queue: the rule, plus Create/Describe/UpdateConnection on
+    the connection ``keyrotor-<cluster>-push`` and Create/Describe/UpdateApiDestination on the API
+    destination of the same name, and ``iam:PassRole`` of the administrator's push role
+    (``--event-push-role-arn``) to ``events.amazonaws.com`` only.
+``event-push-role`` / ``event-push-trust``
+    The role EventBridge invokes the API destination with (push delivery): InvokeApiDestination
+    on that destination only; assumable by ``events.amazonaws.com`` for this installation's rule
+    in this account only (``aws:SourceArn``, ``aws:SourceAccount``). The administrator creates it
+    (as the operator gets no role-writing action for it).
 ``lambda-role``
     The rotation Lambda's inline policy: the four rotation steps on this installation's secrets,
     access-key actions only on marked users, its own log group, and the allowed KMS keys
@@ -51,6 +60,8 @@ from keyrotor.aws.policy_params import (
     BOUNDARY,
     CLAIM_TAG_KEYS,
     DOCUMENT_NAMES,
+    EVENT_PUSH_ROLE,
+    EVENT_PUSH_TRUST,
     IRSA_TRUST,
     LAMBDA_ROLE,
     LAMBDA_TRUST,
@@ -77,6 +88,8 @@ __all__ = [
     "BOUNDARY",
     "CLAIM_TAG_KEYS",
     "DOCUMENT_NAMES",
+    "EVENT_PUSH_ROLE",
+    "EVENT_PUSH_TRUST",
     "IRSA_TRUST",
     "LAMBDA_ROLE",
     "LAMBDA_TRUST",
@@ -92,6 +105,8 @@ __all__ = [
     "actions_of",
     "boundary_name",
     "documents",
+    "event_push_role_policy",
+    "event_push_trust_policy",
     "function_name",
     "irsa_trust_policy",
     "lambda_role_policy",
@@ -215,6 +230,36 @@ def pod_identity_trust_policy(p: PolicyParams) -> dict[str, Any]:
     )
 
 
+# --- event push delivery: the role EventBridge invokes the operator's API destination with -----
+
+
+def event_push_role_policy(p: PolicyParams) -> dict[str, Any]:
+    return document(
+        statement(
+            "InvokeItsOwnApiDestinationOnly",
+            ["events:InvokeApiDestination"],
+            [arn for arn in p.event_push_destination_arns if arn.endswith("/*")],
+        )
+    )
+
+
+def event_push_trust_policy(p: PolicyParams) -> dict[str, Any]:
+    """EventBridge may assume the role only for this installation's rule(s), in this account."""
+    rules = p.event_rule_arns
+    return document(
+        {
+            "Sid": "EventBridgeForThisInstallationsRuleOnly",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": p.account_id},
+                "ArnEquals": {"aws:SourceArn": rules[0] if len(rules) == 1 else rules},
+            },
+        }
+    )
+
+
 def documents(p: PolicyParams) -> dict[str, dict[str, Any]]:
     """Every IAM document of one installation, by name (see the module docstring)."""
     return {
@@ -224,6 +269,8 @@ def documents(p: PolicyParams) -> dict[str, dict[str, Any]]:
         BOUNDARY: permissions_boundary(p),
         IRSA_TRUST: irsa_trust_policy(p),
         POD_IDENTITY_TRUST: pod_identity_trust_policy(p),
+        EVENT_PUSH_ROLE: event_push_role_policy(p),
+        EVENT_PUSH_TRUST: event_push_trust_policy(p),
     }
 
 

@@ -31,6 +31,8 @@ LAMBDA_TRUST: Final = "lambda-trust"
 BOUNDARY: Final = "boundary"
 IRSA_TRUST: Final = "irsa-trust"
 POD_IDENTITY_TRUST: Final = "pod-identity-trust"
+EVENT_PUSH_ROLE: Final = "event-push-role"
+EVENT_PUSH_TRUST: Final = "event-push-trust"
 DOCUMENT_NAMES: Final = (
     OPERATOR,
     LAMBDA_ROLE,
@@ -38,6 +40,8 @@ DOCUMENT_NAMES: Final = (
     BOUNDARY,
     IRSA_TRUST,
     POD_IDENTITY_TRUST,
+    EVENT_PUSH_ROLE,
+    EVENT_PUSH_TRUST,
 )
 
 # Tags the operator writes: on its secrets (at CreateSecret and TagResource), on the role and
@@ -79,6 +83,11 @@ def event_queue_name(cluster_name: str, shard: str = "") -> str:
     return f"keyrotor-{cluster_name}_{shard}-events" if shard else f"keyrotor-{cluster_name}-events"
 
 
+def event_push_name(cluster_name: str, shard: str = "") -> str:
+    """Event push delivery's EventBridge connection and API destination (one name for both)."""
+    return f"keyrotor-{cluster_name}_{shard}-push" if shard else f"keyrotor-{cluster_name}-push"
+
+
 def secret_prefix(cluster_name: str) -> str:
     return f"keyrotor/{cluster_name}/"
 
@@ -105,6 +114,10 @@ class PolicyParams:
     event_mode: bool = False  # keyrotor run --event-mode: the rule and the queue below
     event_queue_arn: str | None = None  # --event-queue-url: the user's queue, used as it is
     shards: tuple[str, ...] = ()  # keyrotor run --shard: each shard's own rule and queue
+    # keyrotor run --event-delivery push: EventBridge calls the operator through an API
+    # destination (no queue); EventBridge invokes it with this role (the administrator's).
+    event_push: bool = False
+    event_push_role_arn: str | None = None
 
     def __post_init__(self) -> None:
         if not (self.user_path.startswith("/") and self.user_path.endswith("/")):
@@ -169,6 +182,27 @@ class PolicyParams:
             self._arn("sqs", event_queue_name(self.cluster_name, shard))
             for shard in self.shards or ("",)
         ]
+
+    def _push_arns(self, kind: str) -> list[str]:
+        """The connection or API destination of each shard, by name and as AWS names it once
+        created (``<name>/<uuid>``)."""
+        names = [event_push_name(self.cluster_name, shard) for shard in self.shards or ("",)]
+        return [self._arn("events", f"{kind}/{n}{tail}") for n in names for tail in ("", "/*")]
+
+    @property
+    def event_push_connection_arns(self) -> list[str]:
+        return self._push_arns("connection")
+
+    @property
+    def event_push_destination_arns(self) -> list[str]:
+        return self._push_arns("api-destination")
+
+    @property
+    def event_push_role(self) -> str:
+        """The role EventBridge invokes the API destination with (placeholder when not given)."""
+        return self.event_push_role_arn or self._arn(
+            "iam", f"role/keyrotor-{self.cluster_name}-event-push", region=False
+        )
 
     @property
     def log_group_arn(self) -> str:

@@ -76,3 +76,37 @@ def kube_system_uid(kube: KubeApis) -> str:
             return ""
         raise
     return str(namespace.metadata.uid)
+
+
+LIST_PAGE_SIZE = 500  # objects per page of a list (kubectl's page size)
+
+
+@kube_errors
+def list_objects(
+    kube: KubeApis, namespace: str | None, *, continue_token: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the AccessKeyRotation objects (of one namespace, or of every one with
+    None): the objects and the token for the next page (None after the last)."""
+    paging: dict[str, Any] = {"limit": LIST_PAGE_SIZE}
+    if continue_token:
+        paging["_continue"] = continue_token
+    if namespace is None:
+        page = kube.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **paging)
+    else:
+        page = kube.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, **paging
+        )
+    token = (page.get("metadata") or {}).get("continue")
+    return list(page.get("items") or []), str(token) if token else None
+
+
+@kube_errors
+def namespace_names(kube: KubeApis) -> list[str] | None:
+    """Every namespace's name; None when keyrotor may not list namespaces."""
+    try:
+        listed = kube.core.list_namespace()
+    except Exception as exc:
+        if is_status(exc, 403):
+            return None
+        raise
+    return [str(item.metadata.name) for item in listed.items]
