@@ -89,6 +89,11 @@ EVENT_PUSH_REQUESTS = Counter(
     "many objects waiting; standby: not the active replica; dropped: too many connections)",
     ["outcome"],
 )
+FIRST_LOOK_SECONDS = Gauge(
+    "keyrotor_focus_first_look_seconds",
+    "Seconds from a requested rotation to the first DescribeSecret that looks for its end, as "
+    "learnt from the last waits (the focus interval until one ended)",
+)
 SYNC_LAST_SWEEP_SECONDS = Gauge(
     "keyrotor_sync_last_sweep_duration_seconds",
     "Duration of the last ListSecrets sweep of the sync loop (every managed secret compared, and "

@@ -54,7 +54,7 @@ from keyrotor.observation import (
     initial_version_id,
 )
 from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
-from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, Reads
+from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, VALUE, Reads
 from keyrotor.runtime import Runtime
 from keyrotor.secret_events import names_secret
 from keyrotor.status import commit, kopf_bookkeeping_only
@@ -168,7 +168,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec, reads: Reads | None = None)
         dead_key=_dead_key(rt, obj),
         user_keys=user_keys,
     )
-    return _with_key(rt, observation, spec)
+    return _with_key(rt, observation, spec, reads)
 
 
 def _inspect_target(rt: Runtime, obj: ObjectView, spec: Spec) -> TargetView:
@@ -208,9 +208,12 @@ def _dead_key(rt: Runtime, obj: ObjectView) -> str | None:
     return verdict[1]
 
 
-def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:
+def _with_key(rt: Runtime, observation: Observation, spec: Spec, reads: Reads) -> Gathered:
     """Read the AWSCURRENT value only when the plan may mirror it: the secret is this object's
-    (no refusal so far), it holds a key, and status or the target Secret do not have it yet."""
+    (no refusal so far), it holds a key, and status or the target Secret do not have it yet.
+    Read once per decision: a version's value never changes, so the value read for the version
+    that is still AWSCURRENT at the next step's gather (a claim taken, the secret tagged,
+    rotation turned on) is the same."""
     secret, obj, target = observation.secret, observation.obj, observation.target
     if secret is None or secret.current_version in (None, initial_version_id(obj.uid)):
         return Gathered(observation)
@@ -224,7 +227,10 @@ def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:
     )
     if obj.status.get("versionId") == secret.current_version and held:
         return Gathered(observation)
-    key = secrets.read_current_key(rt.aws.secretsmanager, secret.arn)
+    key = reads.values.get((VALUE, secret.current_version))
+    if key is None:
+        key = secrets.read_current_key(rt.aws.secretsmanager, secret.arn)
+        reads.seed((VALUE, key.version_id), key)
     view = KeyView(
         version_id=key.version_id, username=key.username, access_key_id=key.access_key_id
     )

@@ -48,6 +48,17 @@ VALUES: dict[str, list[str]] = {
         "metrics.dashboard.enabled=true",
     ],
     "allow-rules": ["clusterName=prod-eu-1", "allow={team-a:team-a-*}"],
+    "event-push": [
+        "clusterName=prod-eu-1",
+        "eventMode.enabled=true",
+        "eventMode.delivery=push",
+        "eventMode.push.url=https://keyrotor.example.com/events",
+        "eventMode.push.roleArn=arn:aws:iam::123456789012:role/keyrotor-prod-eu-1-event-push",
+        "eventMode.push.tokenSecret.name=keyrotor-event-push",
+        "eventMode.push.ingress.enabled=true",
+        "eventMode.push.ingress.className=nginx",
+        "eventMode.push.ingress.tlsSecretName=keyrotor-events-tls",
+    ],
     "shards": [
         "clusterName=prod-eu-1",
         "shards[0].name=a",
@@ -83,6 +94,39 @@ def render(helm: Path, values: list[str], namespace: str = "keyrotor-system") ->
 def container_env(docs: dict[Any, Any], deployment: str = "keyrotor") -> dict[str, Any]:
     (container,) = docs[("Deployment", deployment)]["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_event_push_values(helm: Path) -> None:
+    docs = render(helm, VALUES["event-push"])
+    env = container_env(docs)
+    assert env["KEYROTOR_EVENT_MODE"] == "true" and env["KEYROTOR_EVENT_DELIVERY"] == "push"
+    assert env["KEYROTOR_EVENT_PUSH_URL"] == "https://keyrotor.example.com/events"
+    assert env["KEYROTOR_EVENT_PUSH_TOKEN"] == {
+        "secretKeyRef": {"name": "keyrotor-event-push", "key": "token"}
+    }
+    assert docs[("Service", "keyrotor-events")]["spec"]["ports"][0]["targetPort"] == "push"
+    rule = docs[("Ingress", "keyrotor-events")]["spec"]["rules"][0]
+    assert rule["host"] == "keyrotor.example.com"
+    assert rule["http"]["paths"][0]["path"] == "/events"
+    ingress = docs[("NetworkPolicy", "keyrotor")]["spec"]["ingress"]
+    assert {"ports": [{"port": "push", "protocol": "TCP"}]} in ingress
+    plain = render(helm, VALUES["default"])
+    assert ("Service", "keyrotor-events") not in plain
+    assert "KEYROTOR_EVENT_MODE" not in container_env(plain)
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (["eventMode.push.url=http://keyrotor.example.com/"], "eventMode.push.url"),
+        (["eventMode.push.roleArn="], "eventMode.push.roleArn"),
+        (["eventMode.push.tokenSecret.name="], "eventMode.push.tokenSecret.name"),
+        (["shards[0].name=a", "shards[0].selector=x=a"], "not with shards"),
+    ],
+)
+def test_refuses_incomplete_event_push_values(helm: Path, values: list[str], says: str) -> None:
+    rendered = template(helm, [*VALUES["event-push"], *values])
+    assert rendered.returncode != 0 and says in rendered.stderr
 
 
 def test_helm_is_the_pinned_release(helm: Path) -> None:
