@@ -324,29 +324,20 @@ def converge(
         body = objects.get_object(rt.kube, namespace, name)
         decision: Decision | None = None
         for _attempt in range(MAX_CONFLICTS):
-            if body is None:
-                rt.index.remove(namespace, name)
-                return
-            if body["metadata"].get("deletionTimestamp"):
+            if body is not None and body["metadata"].get("deletionTimestamp"):
                 return  # finalize's turn
-            if not rt.settings.shard.serves_body(body):
-                rt.index.remove(namespace, name)  # another shard's now: it takes over
+            if body is None or not rt.settings.shard.serves_body(body):
+                rt.index.remove(namespace, name)  # gone, or another shard's now: it takes over
                 return
-            if decision is None:
-                decision = decide_and_act(rt, body, observed)
-                observed = None  # a conflict: everything is read again
+            decision = decision or decide_and_act(rt, body, observed)
+            observed = None  # after a conflict, everything is read again
             try:
                 _record(rt, body, decision)
-            except errors.ConflictError:
-                # The object changed since it was read: read again and decide again, unless
-                # what changed is kopf's bookkeeping only (kopf writes its annotations while
-                # the decision runs), which no decision reads: then record the same decision.
-                fresh = objects.get_object(rt.kube, namespace, name)
-                if fresh is None or not kopf_bookkeeping_only(body, fresh):
-                    decision = None
+                return
+            except errors.ConflictError:  # changed since read: decide again, unless all that
+                fresh = objects.get_object(rt.kube, namespace, name)  # changed is kopf's own
+                decision = decision if fresh and kopf_bookkeeping_only(body, fresh) else None
                 body = fresh
-                continue
-            return
         log.info("%s/%s kept changing; deciding again later", namespace, name)
 
 
