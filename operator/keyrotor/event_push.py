@@ -191,6 +191,10 @@ class PushListener:
                     return
                 super().process_request(request, client_address)
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # One line, nothing of the request (socketserver would print a traceback).
+                log.warning("event push listener: a request failed")
+
             def process_request_thread(self, request: Any, client_address: Any) -> None:
                 try:
                     super().process_request_thread(request, client_address)
@@ -323,7 +327,7 @@ class PushDelivery:
         """An authorized request's body: which of this process's objects to look at (no I/O)."""
         try:
             json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             return 400, "bad_request"
         event = secret_events.parse(body.decode("utf-8", "replace"))
         if event is None or not own_secret(event.secret_id, self.rt.settings):
