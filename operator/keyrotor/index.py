@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from keyrotor import metrics
+from keyrotor.mirroring import next_first_look
 from keyrotor.outcome import IndexUpdate
 
 FOCUS_AFTER_REQUEST = timedelta(minutes=15)
@@ -64,6 +65,9 @@ class ObjectIndex:
     _object_locks: dict[Key, threading.Lock] = field(default_factory=dict)
     # The resourceVersions of the last status writes keyrotor made to each object.
     _own_writes: dict[Key, tuple[str, ...]] = field(default_factory=dict)
+    # Seconds from the start of a wait for a rotation to its first look (mirroring.focus_look_due);
+    # None: not learnt yet (the focus interval).
+    _first_look: float | None = None
 
     @contextmanager
     def lock(self, namespace: str, name: str) -> Iterator[None]:
@@ -174,6 +178,19 @@ class ObjectIndex:
             entry = self._entries.get((namespace, name))
             if entry is not None and entry.uid == uid:
                 self._put(replace(entry, key_created=created, key_verdict=verdict))
+
+    def first_look(self, interval: float) -> float:
+        with self._lock:
+            return self._first_look if self._first_look is not None else interval
+
+    def note_wait_ended(self, *, seen_at_first: bool, interval: float) -> None:
+        """A wait for a rotation ended: its first look saw the rotation finished, or not."""
+        with self._lock:
+            first = self._first_look if self._first_look is not None else interval
+            self._first_look = next_first_look(
+                first, seen_at_first=seen_at_first, interval=interval
+            )
+            metrics.FIRST_LOOK_SECONDS.set(self._first_look)
 
     def note_own_write(self, namespace: str, name: str, resource_version: str) -> None:
         """keyrotor wrote the object's status, which made this resourceVersion."""

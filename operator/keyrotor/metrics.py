@@ -69,6 +69,10 @@ DEAD_KEY_CHECKS = Counter(
     "keyrotor_dead_key_checks_total", "Checks of every mirrored key in IAM's credential report"
 )
 BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
+DECISIONS_QUEUED = Gauge(
+    "keyrotor_decisions_queued",
+    "Objects whose decision kopf's handlers asked for and no decision thread has taken yet",
+)
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 SECRET_EVENTS = Counter(
     "keyrotor_secret_events_total",
@@ -84,6 +88,11 @@ EVENT_PUSH_REQUESTS = Counter(
     "unauthorized: a missing or wrong token; too_large, bad_request, method: refused; busy: too "
     "many objects waiting; standby: not the active replica; dropped: too many connections)",
     ["outcome"],
+)
+FIRST_LOOK_SECONDS = Gauge(
+    "keyrotor_focus_first_look_seconds",
+    "Seconds from a requested rotation to the first DescribeSecret that looks for its end, as "
+    "learnt from the last waits (the focus interval until one ended)",
 )
 SYNC_LAST_SWEEP_SECONDS = Gauge(
     "keyrotor_sync_last_sweep_duration_seconds",

@@ -296,23 +296,52 @@ def previous_key_work(
 
 
 FOCUS_LOOK_CAP = 30.0  # seconds: the longest gap between two looks at a rotation in focus
+FIRST_LOOK_CAP = 30.0  # seconds: the latest first look, however slow rotations were lately
 
 
 def focus_look_due(
-    since: datetime | None, looks: int, now: datetime, interval: float, cap: float = FOCUS_LOOK_CAP
+    since: datetime | None,
+    looks: int,
+    now: datetime,
+    interval: float,
+    cap: float = FOCUS_LOOK_CAP,
+    first: float | None = None,
 ) -> bool:
     """Whether an object in focus (a rotation requested or running) is looked at
-    (DescribeSecret) now. The looks of one wait come at ``interval`` x 1, 2, 4, 8 ... after it
-    began (2, 4, 8, 16, 32 s at the default), then every ``cap``: a rotation that takes a few
-    seconds is seen at the first or second look, and a long wait (rotations queued behind a
-    busy Lambda, a big batch) costs a few looks, not one every interval. ``looks``: made so far
-    in this wait; ``since``: when it began (None: look now)."""
+    (DescribeSecret) now. The first look of one wait comes ``first`` seconds after it began
+    (:func:`next_first_look`: about as long as this installation's rotations take; ``interval``
+    when not known), the next ones ``interval`` x 1, 2, 4, 8 ... after that, each gap at most
+    ``cap`` (2, 4, 8, 16, 32 s, then every 30 s when ``first`` is the interval of 2 s): a
+    rotation is mostly seen at the first look, one a little slower at the next, and a long
+    wait (rotations queued behind a busy Lambda, a big batch) costs a few looks, not one every
+    interval. ``looks``: made so far in this wait; ``since``: when it began (None: look
+    now)."""
     if since is None:
         return True
-    offset = interval
+    offset, gap = max(interval, first or 0.0), interval
     for _ in range(looks):
-        offset += min(cap, offset)
+        offset += min(cap, gap)
+        gap *= 2
     return (now - since).total_seconds() >= offset
+
+
+FIRST_LOOK_SOONER = 0.9  # a rotation seen at the first look: look a little sooner next time
+FIRST_LOOK_LATER = 1.25  # not yet there at the first look: a little later next time
+
+
+def next_first_look(
+    first: float, *, seen_at_first: bool, interval: float, cap: float = FIRST_LOOK_CAP
+) -> float:
+    """When the next wait's first look comes, after a wait whose rotation the first look saw
+    (``seen_at_first``) or not. A rotation on AWS takes seconds at the least (the rotation
+    function's testSecret waits for the new key to propagate), so looks before then are wasted;
+    how long is learnt from the waits themselves, needing nothing AWS reports: a little later
+    after each wait the first look was too early for, a little sooner after each it was not.
+    That settles where about two waits in three end at the first look (``FIRST_LOOK_LATER``
+    against ``FIRST_LOOK_SOONER``), one slow rotation moves it by a quarter only, and it stays
+    between ``interval`` and ``cap``."""
+    factor = FIRST_LOOK_SOONER if seen_at_first else FIRST_LOOK_LATER
+    return min(cap, max(interval, first * factor))
 
 
 def rotation_watched(

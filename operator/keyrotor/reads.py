@@ -44,6 +44,9 @@ DESCRIBED = "described"  # DescribeSecret of the object's secret
 TARGET = "target"  # the mirrored Kubernetes Secret
 USER_KEYS = "user-keys"  # ListAccessKeys
 CREATED = "created"  # ("created", version id): ListSecretVersionIds' CreatedDate of a version
+# ("value", version id): GetSecretValue of AWSCURRENT, by the version it returned. A version's
+# value never changes, so no action makes it stale; it is used while that version is AWSCURRENT.
+VALUE = "value"
 
 # What each action can change, so must be read again after it (the rest is kept).
 STALE_AFTER: Mapping[type[Action], frozenset[str]] = {

@@ -54,10 +54,10 @@ from keyrotor.observation import (
     initial_version_id,
 )
 from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
-from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, Reads
+from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, VALUE, Reads
 from keyrotor.runtime import Runtime
 from keyrotor.secret_events import names_secret
-from keyrotor.status import commit
+from keyrotor.status import commit, kopf_bookkeeping_only
 from keyrotor.tenancy import authorization_problem
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec, reads: Reads | None = None)
         dead_key=_dead_key(rt, obj),
         user_keys=user_keys,
     )
-    return _with_key(rt, observation, spec)
+    return _with_key(rt, observation, spec, reads)
 
 
 def _inspect_target(rt: Runtime, obj: ObjectView, spec: Spec) -> TargetView:
@@ -208,9 +208,12 @@ def _dead_key(rt: Runtime, obj: ObjectView) -> str | None:
     return verdict[1]
 
 
-def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:
+def _with_key(rt: Runtime, observation: Observation, spec: Spec, reads: Reads) -> Gathered:
     """Read the AWSCURRENT value only when the plan may mirror it: the secret is this object's
-    (no refusal so far), it holds a key, and status or the target Secret do not have it yet."""
+    (no refusal so far), it holds a key, and status or the target Secret do not have it yet.
+    Read once per decision: a version's value never changes, so the value read for the version
+    that is still AWSCURRENT at the next step's gather (a claim taken, the secret tagged,
+    rotation turned on) is the same."""
     secret, obj, target = observation.secret, observation.obj, observation.target
     if secret is None or secret.current_version in (None, initial_version_id(obj.uid)):
         return Gathered(observation)
@@ -224,7 +227,10 @@ def _with_key(rt: Runtime, observation: Observation, spec: Spec) -> Gathered:
     )
     if obj.status.get("versionId") == secret.current_version and held:
         return Gathered(observation)
-    key = secrets.read_current_key(rt.aws.secretsmanager, secret.arn)
+    key = reads.values.get((VALUE, secret.current_version))
+    if key is None:
+        key = secrets.read_current_key(rt.aws.secretsmanager, secret.arn)
+        reads.seed((VALUE, key.version_id), key)
     view = KeyView(
         version_id=key.version_id, username=key.username, access_key_id=key.access_key_id
     )
@@ -315,23 +321,23 @@ def converge(
     metrics.RECONCILES.labels(trigger=trigger).inc()
     log.debug("%s/%s: deciding (%s)", namespace, name, trigger)
     with rt.index.lock(namespace, name):
+        body = objects.get_object(rt.kube, namespace, name)
+        decision: Decision | None = None
         for _attempt in range(MAX_CONFLICTS):
-            body = objects.get_object(rt.kube, namespace, name)
-            if body is None:
-                rt.index.remove(namespace, name)
-                return
-            if body["metadata"].get("deletionTimestamp"):
+            if body is not None and body["metadata"].get("deletionTimestamp"):
                 return  # finalize's turn
-            if not rt.settings.shard.serves_body(body):
-                rt.index.remove(namespace, name)  # another shard's now: it takes over
+            if body is None or not rt.settings.shard.serves_body(body):
+                rt.index.remove(namespace, name)  # gone, or another shard's now: it takes over
                 return
-            decision = decide_and_act(rt, body, observed)
-            observed = None  # a conflict: everything is read again
+            decision = decision or decide_and_act(rt, body, observed)
+            observed = None  # after a conflict, everything is read again
             try:
                 _record(rt, body, decision)
-            except errors.ConflictError:
-                continue  # the object changed since it was read: read again, decide again
-            return
+                return
+            except errors.ConflictError:  # changed since read: decide again, unless all that
+                fresh = objects.get_object(rt.kube, namespace, name)  # changed is kopf's own
+                decision = decision if fresh and kopf_bookkeeping_only(body, fresh) else None
+                body = fresh
         log.info("%s/%s kept changing; deciding again later", namespace, name)
 
 

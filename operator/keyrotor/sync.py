@@ -174,11 +174,14 @@ class SyncLoop:
         )
         return dead is not None
 
-    def decide(self, entry: Entry, observed: Observed | None = None) -> None:
+    def decide(self, entry: Entry, observed: Observed | None = None, trigger: str = "sync") -> None:
         """A new decision on one object; whatever happens stays with that object. ``observed``:
-        its secret as just described (the decision does not describe it again)."""
+        its secret as just described (the decision does not describe it again); ``trigger``:
+        what asked (for the reconcile counter)."""
         try:
-            reconcile.converge(self.rt, entry.namespace, entry.name, observed=observed)
+            reconcile.converge(
+                self.rt, entry.namespace, entry.name, trigger=trigger, observed=observed
+            )
         except Exception as exc:
             failure = failure_for(exc)
             log.log(failure.log_level, "%s/%s: %s", entry.namespace, entry.name, failure.message)
@@ -241,8 +244,10 @@ class SyncLoop:
         previous key due, or its scheduled rotation due (and not looked at for 30 s); an object
         whose focus is over leaves it here."""
         in_focus = entry.focus_until is not None and now <= entry.focus_until
+        interval = self.rt.settings.focus_interval
+        first = self.rt.index.first_look(interval)
         if in_focus and focus_look_due(
-            entry.focus_since, entry.focus_looks, now, self.rt.settings.focus_interval
+            entry.focus_since, entry.focus_looks, now, interval, first=first
         ):
             self.rt.index.note_look(entry.namespace, entry.name, entry.uid)
             return True
@@ -270,7 +275,17 @@ class SyncLoop:
             state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
             self.decide(entry, handed_over(entry, observed))
-        self._end_focus_when_mirrored(entry, observed)
+        ended = self._end_focus_when_mirrored(entry, observed)
+        if (
+            ended
+            and entry.focus_since is not None
+            and observed.current_version != state.mirrored_version
+        ):
+            # This look saw the rotation its wait was for, and the decision mirrored it: was it
+            # the wait's first look? (``entry`` is as the tick found it, before this look.)
+            self.rt.index.note_wait_ended(
+                seen_at_first=entry.focus_looks == 0, interval=self.rt.settings.focus_interval
+            )
 
     def check(self, entry: Entry) -> None:
         """An event named this object's secret (event mode): one DescribeSecret, and a decision
@@ -279,14 +294,17 @@ class SyncLoop:
         if entry.failures or not entry.state.active or entry.state.secret_arn is None:
             return
         observed = secrets.describe(self.rt.aws.secretsmanager, entry.state.secret_arn)
-        if observed is not None and needs_decision(
+        if observed is None:
+            return
+        if needs_decision(
             entry.state.mirrored_version, entry.reported_last_rotation, observed, pending=False
         ):
             self.decide(entry, handed_over(entry, observed))
+        self._end_focus_when_mirrored(entry, observed)  # the event ended the wait: no more looks
 
-    def _end_focus_when_mirrored(self, entry: Entry, observed: Observed) -> None:
+    def _end_focus_when_mirrored(self, entry: Entry, observed: Observed) -> bool:
         """The rotation we waited for is over and its version mirrored, by this tick or by
-        another path (the sweep, a reconcile): stop looking."""
+        another path (the sweep, a reconcile): stop looking. True when this ended a wait."""
         fresh = self.rt.index.get(entry.namespace, entry.name)
         if (
             fresh is not None
@@ -295,6 +313,8 @@ class SyncLoop:
             and observed.current_version == fresh.state.mirrored_version
         ):
             self.rt.index.end_focus(entry.namespace, entry.name, entry.uid)
+            return True
+        return False
 
     def _due(self, entry: Entry, now: datetime) -> bool:
         """A scheduled rotation is due (window open): look every 30s, not every tick."""
@@ -349,3 +369,9 @@ def target_secret_changed(
         entry = secret_needs_repair(rt, namespace, owner, body, deleted=deleted)
     if entry is not None:
         SyncLoop(rt).decide(entry)
+
+
+def decide_object(rt: Runtime, namespace: str, name: str, uid: str, trigger: str) -> None:
+    """A decision kopf's handler asked for (keyrotor.decisions), with the sync loop's handling
+    of a failure: logged, and tried again after the object's backoff."""
+    SyncLoop(rt).decide(Entry(namespace, name, uid), trigger=trigger)

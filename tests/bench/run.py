@@ -107,7 +107,7 @@ class Metrics:
             text = response.read().decode()
         calls: Counter[str] = Counter()
         reconciles: Counter[str] = Counter()
-        sweeps = 0.0
+        sweeps, first_look = 0.0, None
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "keyrotor_aws_api_calls_total":
@@ -118,7 +118,14 @@ class Metrics:
                     sweeps = sample.value
                 elif sample.name == "keyrotor_reconciles_total":
                     reconciles[sample.labels["trigger"]] += int(sample.value)
-        return {"calls": calls, "sweeps": int(sweeps), "reconciles": reconciles}
+                elif sample.name == "keyrotor_focus_first_look_seconds":
+                    first_look = sample.value
+        return {
+            "calls": calls,
+            "sweeps": int(sweeps),
+            "reconciles": reconciles,
+            "first_look_s": first_look,
+        }
 
     def wait_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -562,6 +569,7 @@ class Bench:
             },
             reconciles=dict(reconciles),
             reconciles_per_object=sum(reconciles.values()) / count,
+            first_look_s=scraped["first_look_s"],
             handler_runs_per_object=handler_runs / count,
             emulator_floor=floor,
             operator_args=list(extra_args),
@@ -606,7 +614,8 @@ class Bench:
         say(
             f"    reconciles per object {result['reconciles_per_object']:.2f} "
             f"{result['reconciles']}; kopf handler runs per object "
-            f"{result['handler_runs_per_object']:.3f}"
+            f"{result['handler_runs_per_object']:.3f}; the first look of a wait at the end: "
+            f"{result.get('first_look_s')} s"
         )
 
     @staticmethod

@@ -147,11 +147,14 @@ def test_secret_made_by_hand_is_refused_untouched_until_an_administrator_hands_i
     assert CLAIM not in _user_tags(keyrotor, user)
     assert keyrotor.user_keys(user) == keys
 
-    # An AWS administrator hands it over: adopted, its key mirrored, no new key made.
+    # An AWS administrator hands it over: adopted, its key mirrored, no new key made; the value
+    # read once, although the decision takes the claim, tags the secret and turns rotation on
+    # (each a step whose next gather would have read it again).
     keyrotor.aws.client("secretsmanager").tag_resource(
         SecretId=arn, Tags=[{"Key": ADOPT, "Value": f"{ns}/app"}]
     )
     status = keyrotor.wait_ready(ns, "app")["status"]
+    assert _operator_reads(keyrotor) == reads + 1
     assert status["secretArn"] == arn
     assert {status["accessKeyId"]: "Active"} == keys
     _works(keyrotor, ns, "app", user)

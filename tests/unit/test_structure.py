@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
         "audit_command",
     },
     {"handlers", "metrics_watch"},
-    {"sync", "deletion", "event_consumer", "event_push"},
+    {"sync", "deletion", "event_consumer", "event_push", "decisions"},
     {"reconcile"},
     {"executor", "status"},
     {"runtime", "installation"},
