@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 from keyrotor import metrics, reconcile
+from keyrotor.allocator import release_free_memory
 from keyrotor.aws import credential_report, secrets
 from keyrotor.aws.clients import translate
 from keyrotor.errors import failure_for
@@ -113,6 +114,9 @@ class SyncLoop:
                     swept = time.monotonic()
                     await asyncio.to_thread(self.sweep)
                     metrics.SYNC_LAST_SWEEP_SECONDS.set(time.monotonic() - swept)
+                    # What a burst of decisions freed goes back to the system (a start over
+                    # thousands of objects, a burst of applies), at the sweep's pace.
+                    await asyncio.to_thread(release_free_memory)
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # one bad round must not end the loop
                 log.warning("sync loop round failed: %s", failure_for(exc).message)

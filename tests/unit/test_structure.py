@@ -41,7 +41,7 @@ LAYERS: list[set[str]] = [
     {"mirroring", "refusals", "secret_events"},
     {"outcome", "errors", "metrics"},
     {"conditions", "tenancy", "observation"},
-    {"model", "settings", "rotation_lambda", "kms_keys", "shards"},
+    {"model", "settings", "rotation_lambda", "kms_keys", "shards", "allocator"},
 ]
 
 
