@@ -161,7 +161,7 @@ def _add_run_scale_flags(run: argparse.ArgumentParser) -> None:
         "--reconcile-workers",
         type=int,
         default=env("RECONCILE_WORKERS", str(DEFAULT_WORKERS)),
-        help=f"objects reconciled at once (kopf's handler threads; default {DEFAULT_WORKERS})",
+        help=f"objects reconciled at once (default {DEFAULT_WORKERS})",
     )
     run.add_argument(
         "--aws-rate",

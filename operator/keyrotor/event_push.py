@@ -147,57 +147,8 @@ class PushListener:
         self.settings = settings
         self._digest = token_digest(settings.event_push_token)
         self._receiver: Receiver | None = None
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        listener = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = READ_TIMEOUT  # the socket's: slow headers or body end the connection
-            server_version = "keyrotor"
-            sys_version = ""
-
-            def do_POST(self) -> None:
-                status, outcome = listener.handle(self)
-                metrics.EVENT_PUSH_REQUESTS.labels(outcome=outcome).inc()
-                self._answer(status)
-
-            def _refuse(self) -> None:
-                metrics.EVENT_PUSH_REQUESTS.labels(outcome="method").inc()
-                self._answer(405)
-
-            do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
-
-            def _answer(self, status: int) -> None:
-                if status >= 400:
-                    self.close_connection = True  # an unread body must not become a request
-                self.send_response(status)
-                if status in (429, 503):
-                    self.send_header("Retry-After", "5")
-                if status == 405:
-                    self.send_header("Allow", "POST")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass  # nothing of a request reaches the log (its headers may hold a token)
-
-        class Server(ThreadingHTTPServer):
-            address_family = socket.AF_INET6 if ":" in settings.bind_address else socket.AF_INET
-            daemon_threads = True
-
-            def process_request(self, request: Any, client_address: Any) -> None:
-                if not listener._slots.acquire(blocking=False):
-                    metrics.EVENT_PUSH_REQUESTS.labels(outcome="dropped").inc()
-                    self.shutdown_request(request)
-                    return
-                super().process_request(request, client_address)
-
-            def process_request_thread(self, request: Any, client_address: Any) -> None:
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    listener._slots.release()
-
-        self.server = Server((settings.bind_address, settings.event_push_port), Handler)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.server = _server(self, settings)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="keyrotor-push-listener", daemon=True
@@ -241,6 +192,64 @@ class PushListener:
         if len(body) != length:
             return 400, "bad_request"
         return receiver(body)
+
+
+def _server(listener: PushListener, settings: Settings) -> ThreadingHTTPServer:
+    """The listener's HTTP server: requests go to ``listener.handle``; at most
+    :data:`MAX_CONNECTIONS` at once; nothing of a request is logged."""
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = READ_TIMEOUT  # the socket's: slow headers or body end the connection
+        server_version = "keyrotor"
+        sys_version = ""
+
+        def do_POST(self) -> None:
+            status, outcome = listener.handle(self)
+            metrics.EVENT_PUSH_REQUESTS.labels(outcome=outcome).inc()
+            self._answer(status)
+
+        def _refuse(self) -> None:
+            metrics.EVENT_PUSH_REQUESTS.labels(outcome="method").inc()
+            self._answer(405)
+
+        do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
+
+        def _answer(self, status: int) -> None:
+            if status >= 400:
+                self.close_connection = True  # an unread body must not become a request
+            self.send_response(status)
+            if status in (429, 503):
+                self.send_header("Retry-After", "5")
+            if status == 405:
+                self.send_header("Allow", "POST")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass  # nothing of a request reaches the log (its headers may hold a token)
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in settings.bind_address else socket.AF_INET
+        daemon_threads = True
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not listener.slots.acquire(blocking=False):
+                metrics.EVENT_PUSH_REQUESTS.labels(outcome="dropped").inc()
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # One line, nothing of the request (socketserver would print a traceback).
+            log.warning("event push listener: a request failed")
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                listener.slots.release()
+
+    return Server((settings.bind_address, settings.event_push_port), Handler)
 
 
 class PushDelivery:
@@ -323,7 +332,7 @@ class PushDelivery:
         """An authorized request's body: which of this process's objects to look at (no I/O)."""
         try:
             json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             return 400, "bad_request"
         event = secret_events.parse(body.decode("utf-8", "replace"))
         if event is None or not own_secret(event.secret_id, self.rt.settings):

@@ -12,7 +12,8 @@ from typing import Any
 
 import kopf
 
-from keyrotor import claims, deletion, metrics, reconcile, sync
+from keyrotor import claims, deletion, metrics, sync
+from keyrotor.decisions import DecisionQueue
 from keyrotor.errors import KeyrotorError
 from keyrotor.event_consumer import EventConsumer
 from keyrotor.event_push import PushDelivery, PushListener
@@ -20,6 +21,7 @@ from keyrotor.k8s.client import kopf_session
 from keyrotor.k8s.objects import LIST_PAGE_SIZE
 from keyrotor.model import (
     GROUP,
+    KOPF_PREFIX,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     OWNER_NAME_LABEL,
@@ -31,7 +33,6 @@ from keyrotor.shards import Shard
 from keyrotor.sync import SyncLoop
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-KOPF_PREFIX = f"kopf.{GROUP}"
 # How long kopf waits for the watch to bring back the version of its own last patch before it
 # handles an older body (kopf's default is 5 s). The reconcile writes status before kopf writes
 # its last-handled-configuration annotation, so the watch delivers that status write first, as a
@@ -41,6 +42,7 @@ KOPF_PREFIX = f"kopf.{GROUP}"
 # the wait at once; only a genuine change whose expected version never comes (a re-list skipped
 # it) waits this long.
 CONSISTENCY_TIMEOUT = 120.0
+WORKER_IDLE_TIMEOUT = 1.0  # seconds an idle kopf worker (and the last event it holds) lives
 
 
 def _shard(memo: Any) -> Shard:
@@ -81,13 +83,18 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
         await asyncio.to_thread(claims.resync, runtime.kube, runtime.claims, patterns)
     except KeyrotorError as exc:  # kopf runs this handler again; nothing was started yet
         raise kopf.TemporaryError(f"cannot list AccessKeyRotation objects: {exc}", delay=5) from exc
-    # Every handler here is synchronous, so kopf's thread pool bounds the reconciles (and Secret
-    # repairs and finalizers) running at once; the sync loop has workers of its own.
-    # settings.queueing.worker_limit stays unset: a per-object worker keeps its slot while it
-    # idles (queueing.idle_timeout, 5 s) after its object's last event, so a limit of N would
-    # pass at most N objects per ~5 s; the workers are cheap tasks waiting for these threads.
+    # The reconcile handler hands each object to keyrotor's own decision threads and returns
+    # (keyrotor.decisions), so kopf's per-object worker, and the body it holds, goes as soon as
+    # its handlers ran. An idle worker keeps its last event until it exits: after 1 s, not 5.
+    # settings.queueing.worker_limit stays unset: a worker not yet started keeps its object's
+    # event in its queue all the same (kopf queues every listed event at once), so a limit
+    # would bound nothing but the order. kopf's threads run the finalizers and Secret repairs.
+    settings.queueing.idle_timeout = WORKER_IDLE_TIMEOUT
     settings.execution.max_workers = runtime.settings.reconcile_workers
     memo.handler_threads = settings.execution.executor  # also for the Secret repairs
+    memo.decisions = DecisionQueue(
+        partial(sync.decide_object, runtime), runtime.settings.reconcile_workers
+    )
     memo.runtime = runtime
     memo.stop_sync = asyncio.Event()
     memo.sync_task = asyncio.create_task(SyncLoop(runtime).run(memo.stop_sync))
@@ -118,6 +125,8 @@ async def login(
 async def stop(*, memo: Any, **_: Any) -> None:
     if getattr(memo, "events", None) is not None:
         await asyncio.to_thread(memo.events.stop)
+    if getattr(memo, "decisions", None) is not None:
+        await asyncio.to_thread(memo.decisions.close)
     if getattr(memo, "stop_sync", None) is not None:
         memo.stop_sync.set()
         await memo.sync_task
@@ -143,20 +152,27 @@ async def claims_changed(
 @kopf.on.resume(*RESOURCE, when=in_shard)
 @kopf.on.create(*RESOURCE, when=in_shard)
 @kopf.on.update(*RESOURCE, when=in_shard)
-def reconcile_object(
-    *, namespace: str | None, name: str, reason: str, meta: kopf.Meta, memo: Any, **kwargs: Any
+async def reconcile_object(
+    *,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    reason: str,
+    meta: kopf.Meta,
+    memo: Any,
+    **_: Any,
 ) -> None:
-    """Decide about the object now. Waits and retries are the sync loop's (the index says when),
-    so nothing here raises for an expected wait. A body that is keyrotor's own status write
-    (kopf had not written its last-handled-configuration yet, and its consistency wait ran out)
-    was already decided on: the decision that wrote it read the object fresh."""
+    """Have the object decided about (keyrotor.decisions: soon, on keyrotor's own threads, from
+    a fresh read). Waits and retries are the sync loop's (the index says when), so nothing here
+    raises for an expected wait. A body that is keyrotor's own status write (kopf had not written
+    its last-handled-configuration yet, and its consistency wait ran out) was already decided
+    on: the decision that wrote it read the object fresh. No I/O: in the event loop."""
     runtime: Runtime = memo.runtime
     version = str(meta.get("resourceVersion") or "")
     if runtime.index.is_own_write(namespace or "", name, version):
         metrics.OWN_WRITES_SEEN.labels(reason=str(reason)).inc()
         return
-    with metrics.RECONCILE_IN_FLIGHT.track():
-        reconcile.converge(runtime, namespace or "", name, trigger=str(reason))
+    memo.decisions.submit(namespace or "", name, uid, str(reason))
 
 
 @kopf.on.delete(*RESOURCE, when=in_shard)

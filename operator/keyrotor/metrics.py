@@ -69,6 +69,10 @@ DEAD_KEY_CHECKS = Counter(
     "keyrotor_dead_key_checks_total", "Checks of every mirrored key in IAM's credential report"
 )
 BACKING_OFF = Gauge("keyrotor_objects_backing_off", "Objects whose last decision failed")
+DECISIONS_QUEUED = Gauge(
+    "keyrotor_decisions_queued",
+    "Objects whose decision kopf's handlers asked for and no decision thread has taken yet",
+)
 SYNC_LOOP_SWEEPS = Counter("keyrotor_sync_sweeps_total", "ListSecrets sweeps of the sync loop")
 SECRET_EVENTS = Counter(
     "keyrotor_secret_events_total",

@@ -20,6 +20,9 @@ KIND = "AccessKeyRotation"
 
 # Labels, annotations and tags under the project's own prefix.
 FINALIZER = "keyrotor.io/finalizer"
+# kopf's own annotations on the objects (its last-handled configuration, its progress): kopf
+# ignores every annotation under this prefix when it compares objects, so it is not keyrotor.io.
+KOPF_PREFIX = f"kopf.{GROUP}"
 ROTATE_NOW_ANNOTATION = "keyrotor.io/rotate-now"
 # Set to the rotate-now value: that rotation does not wait for the previous key's grace period.
 END_GRACE_ANNOTATION = "keyrotor.io/end-grace-period"

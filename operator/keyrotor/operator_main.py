@@ -44,9 +44,10 @@ def _post_and_count_event(
 
 
 def make_runtime(settings: Settings) -> Runtime:
-    # Threads that may call AWS or Kubernetes at once: the sync loop's workers, kopf's handler
-    # threads, the loop itself and the event consumer; each client pools that many connections.
-    threads = settings.sync_workers + settings.reconcile_workers + 2
+    # Threads that may call AWS or Kubernetes at once: the sync loop's workers, the decision
+    # threads and kopf's handler threads (finalizers, Secret repairs), the loop itself and the
+    # event consumer; each client pools that many connections.
+    threads = settings.sync_workers + 2 * settings.reconcile_workers + 2
     try:
         aws = AwsClients.create(
             settings.region, limiter=RateLimiter(dict(settings.aws_rates)), connections=threads

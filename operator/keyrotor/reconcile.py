@@ -57,7 +57,7 @@ from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
 from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, VALUE, Reads
 from keyrotor.runtime import Runtime
 from keyrotor.secret_events import names_secret
-from keyrotor.status import commit
+from keyrotor.status import commit, kopf_bookkeeping_only
 from keyrotor.tenancy import authorization_problem
 
 log = logging.getLogger(__name__)
@@ -321,23 +321,23 @@ def converge(
     metrics.RECONCILES.labels(trigger=trigger).inc()
     log.debug("%s/%s: deciding (%s)", namespace, name, trigger)
     with rt.index.lock(namespace, name):
+        body = objects.get_object(rt.kube, namespace, name)
+        decision: Decision | None = None
         for _attempt in range(MAX_CONFLICTS):
-            body = objects.get_object(rt.kube, namespace, name)
-            if body is None:
-                rt.index.remove(namespace, name)
-                return
-            if body["metadata"].get("deletionTimestamp"):
+            if body is not None and body["metadata"].get("deletionTimestamp"):
                 return  # finalize's turn
-            if not rt.settings.shard.serves_body(body):
-                rt.index.remove(namespace, name)  # another shard's now: it takes over
+            if body is None or not rt.settings.shard.serves_body(body):
+                rt.index.remove(namespace, name)  # gone, or another shard's now: it takes over
                 return
-            decision = decide_and_act(rt, body, observed)
-            observed = None  # a conflict: everything is read again
+            decision = decision or decide_and_act(rt, body, observed)
+            observed = None  # after a conflict, everything is read again
             try:
                 _record(rt, body, decision)
-            except errors.ConflictError:
-                continue  # the object changed since it was read: read again, decide again
-            return
+                return
+            except errors.ConflictError:  # changed since read: decide again, unless all that
+                fresh = objects.get_object(rt.kube, namespace, name)  # changed is kopf's own
+                decision = decision if fresh and kopf_bookkeeping_only(body, fresh) else None
+                body = fresh
         log.info("%s/%s kept changing; deciding again later", namespace, name)
 
 

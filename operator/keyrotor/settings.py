@@ -86,8 +86,9 @@ class Settings:
     installation_recheck: float = 900.0
     # Every mirrored key is looked up in IAM's credential report this often (O(1) calls).
     dead_key_check: float = 3600.0
-    # Bounded concurrency: objects the sync loop works on at once (--sync-workers), and kopf's
-    # threads for handlers, i.e. reconciles at once (--reconcile-workers).
+    # Bounded concurrency: objects the sync loop works on at once (--sync-workers), and the
+    # decisions kopf's handlers asked for at once (--reconcile-workers; keyrotor.decisions;
+    # kopf's own handler threads, as many, run finalizers and Secret repairs).
     sync_workers: int = DEFAULT_WORKERS
     reconcile_workers: int = DEFAULT_WORKERS
     # --aws-rate FAMILY=RATE: requests per second of an AWS API family, instead of the default

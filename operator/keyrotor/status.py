@@ -13,7 +13,7 @@ from typing import Any
 from keyrotor import metrics
 from keyrotor.conditions import Condition, derive_ready, find_condition, merge_conditions
 from keyrotor.k8s import objects
-from keyrotor.model import ConditionType, Reason
+from keyrotor.model import KOPF_PREFIX, ConditionType, Reason
 from keyrotor.outcome import Event, normal, warning
 from keyrotor.runtime import Runtime
 
@@ -68,3 +68,22 @@ def commit(
 def post_events(rt: Runtime, body: Mapping[str, Any], events: Sequence[Event]) -> None:
     for event in events:
         rt.emit(dict(body), event_type=event.type, reason=event.reason, message=event.message)
+
+
+def _without_bookkeeping(body: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = dict(body.get("metadata") or {})
+    for key in ("resourceVersion", "managedFields"):
+        metadata.pop(key, None)
+    metadata["annotations"] = {
+        k: v
+        for k, v in (metadata.get("annotations") or {}).items()
+        if not k.startswith(f"{KOPF_PREFIX}/")
+    }
+    return {**body, "metadata": metadata}
+
+
+def kopf_bookkeeping_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """The object differs only in kopf's own annotations (and so its resourceVersion and
+    managedFields): spec, status, labels, keyrotor's annotations, finalizers and deletion
+    are as they were."""
+    return _without_bookkeeping(before) == _without_bookkeeping(after)

@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 from keyrotor import metrics, reconcile
+from keyrotor.allocator import release_free_memory
 from keyrotor.aws import credential_report, secrets
 from keyrotor.aws.clients import translate
 from keyrotor.errors import failure_for
@@ -113,6 +114,9 @@ class SyncLoop:
                     swept = time.monotonic()
                     await asyncio.to_thread(self.sweep)
                     metrics.SYNC_LAST_SWEEP_SECONDS.set(time.monotonic() - swept)
+                    # What a burst of decisions freed goes back to the system (a start over
+                    # thousands of objects, a burst of applies), at the sweep's pace.
+                    await asyncio.to_thread(release_free_memory)
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # one bad round must not end the loop
                 log.warning("sync loop round failed: %s", failure_for(exc).message)
@@ -174,11 +178,14 @@ class SyncLoop:
         )
         return dead is not None
 
-    def decide(self, entry: Entry, observed: Observed | None = None) -> None:
+    def decide(self, entry: Entry, observed: Observed | None = None, trigger: str = "sync") -> None:
         """A new decision on one object; whatever happens stays with that object. ``observed``:
-        its secret as just described (the decision does not describe it again)."""
+        its secret as just described (the decision does not describe it again); ``trigger``:
+        what asked (for the reconcile counter)."""
         try:
-            reconcile.converge(self.rt, entry.namespace, entry.name, observed=observed)
+            reconcile.converge(
+                self.rt, entry.namespace, entry.name, trigger=trigger, observed=observed
+            )
         except Exception as exc:
             failure = failure_for(exc)
             log.log(failure.log_level, "%s/%s: %s", entry.namespace, entry.name, failure.message)
@@ -366,3 +373,9 @@ def target_secret_changed(
         entry = secret_needs_repair(rt, namespace, owner, body, deleted=deleted)
     if entry is not None:
         SyncLoop(rt).decide(entry)
+
+
+def decide_object(rt: Runtime, namespace: str, name: str, uid: str, trigger: str) -> None:
+    """A decision kopf's handler asked for (keyrotor.decisions), with the sync loop's handling
+    of a failure: logged, and tried again after the object's backoff."""
+    SyncLoop(rt).decide(Entry(namespace, name, uid), trigger=trigger)

@@ -18,6 +18,9 @@ Phases, with N objects Ready (one operator, restarted between the modes):
    (``RotateSecret``) at random times over two intervals.
 2. **event mode** (``--event-mode``, the sweep at its event-mode default): a steady window of
    120 s, then the same rotations.
+3. **event mode by push** (``--event-delivery push``: the emulator's EventBridge POSTs each event
+   to the operator's listener on loopback, fix 15): a steady window of 120 s, then the same
+   rotations.
 
 Both phases run with ``--installation-recheck 60 --dead-key-check-interval 120`` so that the
 periodic checks both modes make show up in the windows; each is counted per occurrence (from the
@@ -74,6 +77,18 @@ EVENT_RECHECK_CALLS = {
     "events:ListTargetsByRule": 1,
     "sqs:GetQueueAttributes": 1,
 }
+# Push delivery's check of its rule, connection and API destination: 4 calls (DescribeRule,
+# ListTargetsByRule, DescribeConnection, DescribeApiDestination) every max(installation recheck,
+# sync interval), as the queue's; tests/unit/test_event_push.py shows an unchanged token writes
+# nothing. Not in the window: added by computation.
+PUSH_RECHECK_CALLS = {
+    "events:DescribeRule": 1,
+    "events:ListTargetsByRule": 1,
+    "events:DescribeConnection": 1,
+    "events:DescribeApiDestination": 1,
+}
+PUSH_TOKEN = "bench-" + "0123456789abcdef" * 4
+PUSH = "keyrotor event push"
 POLLER_LABEL = "bench-poller"
 POLL = "secretsmanager:GetSecretValue"
 
@@ -350,6 +365,62 @@ def _restart(harness: Harness, *args: str) -> Metrics:
     return metrics
 
 
+def _restart_push(harness: Harness) -> tuple[Metrics, int]:
+    """The operator again, with push delivery to a listener on loopback (the role EventBridge
+    would use made from keyrotor's own documents)."""
+    from keyrotor.aws import policies
+
+    params = policies.PolicyParams(
+        cluster_name=harness.cluster_name,
+        region=harness.aws.region,
+        account_id=harness.aws.account_id,
+        event_mode=True,
+        event_push=True,
+    )
+    iam = harness.aws.client("iam")
+    name = f"keyrotor-{harness.cluster_name}-event-push"
+    role = iam.create_role(
+        RoleName=name,
+        AssumeRolePolicyDocument=json.dumps(policies.event_push_trust_policy(params)),
+    )["Role"]["Arn"]
+    iam.put_role_policy(
+        RoleName=name,
+        PolicyName="invoke",
+        PolicyDocument=json.dumps(policies.event_push_role_policy(params)),
+    )
+    harness.env["KEYROTOR_EVENT_PUSH_TOKEN"] = PUSH_TOKEN
+    port = free_port()
+    metrics = _restart(
+        harness,
+        "--event-mode",
+        "--event-delivery",
+        "push",
+        "--event-push-port",
+        str(port),
+        "--event-push-url",
+        f"http://127.0.0.1:{port}/events",
+        "--event-push-role-arn",
+        str(role),
+        "--sync-interval",
+        f"{EVENT_MODE_SYNC_INTERVAL:g}",
+        *CHECK_ARGS,
+    )
+    events = harness.aws.client("events")
+    rule = f"keyrotor-{harness.cluster_name}-secrets"
+    harness.wait(
+        lambda: (
+            any(
+                t["Id"] == "keyrotor-push"
+                for t in events.list_targets_by_rule(Rule=rule)["Targets"]
+            )
+            or None
+        ),
+        timeout=120,
+        what="the rule's API destination target",
+    )
+    return metrics, port
+
+
 def _quiet(metrics: Metrics, seconds: float = 10.0, timeout: float = 240.0) -> None:
     """Until the operator made no call but long polls and periodic checks for ``seconds`` (the
     restart's reconciles are over)."""
@@ -444,6 +515,23 @@ def bench_sidebyside(
         event_fresh = _freshness(rotated, watchers, {**timeouts, "keyrotor": 60.0})
         _say_freshness(event_fresh)
         event_fresh["dead_key_per_check"] = dead_key_per_check(metrics)
+
+        say(f"    event mode by push, sweep at {EVENT_MODE_SYNC_INTERVAL:g}s: idle window")
+        metrics, push_port = _restart_push(harness)
+        _quiet(metrics)
+        pushed = len(bench.aws.pushes)
+        push_window = _window(bench, metrics, pollers, EVENT_IDLE_WINDOW)
+        say(f"      {push_window.as_dict()}")
+        say(f"    event mode by push: {samples} rotations outside keyrotor over {spread:g}s")
+        loads["push"] = os.getloadavg()
+        rotated = _rotate_outside(bench, pairs, samples, spread)
+        push_fresh = _freshness(rotated, watchers, {**timeouts, "keyrotor": 60.0})
+        _say_freshness(push_fresh)
+        push_fresh["dead_key_per_check"] = dead_key_per_check(metrics)
+        ours = f"http://127.0.0.1:{push_port}/events"
+        push_fresh["pushes_by_status"] = dict(
+            Counter(str(status) for url, status in bench.aws.pushes[pushed:] if url == ours)
+        )
     finally:
         for poller in pollers:
             poller.stop()
@@ -460,6 +548,8 @@ def bench_sidebyside(
         event_window,
         sweep_fresh,
         event_fresh,
+        push_window,
+        push_fresh,
     )
     result["load_average"] = loads
     bench.results["sidebyside"] = result
@@ -486,6 +576,8 @@ def _result(
     event_window: Window,
     sweep_fresh: dict[str, Any],
     event_fresh: dict[str, Any],
+    push_window: Window,
+    push_fresh: dict[str, Any],
 ) -> dict[str, Any]:
     n = objects
     per_sweep = sweep_window.operator[LIST_SECRETS] / sweep_window.sweeps
@@ -494,6 +586,11 @@ def _result(
     rechecks = 3600 / max(INSTALLATION_RECHECK, EVENT_MODE_SYNC_INTERVAL)
     for operation, count in EVENT_RECHECK_CALLS.items():
         event[operation] = event.get(operation, 0.0) + count * rechecks
+    push = per_hour(
+        push_window, 3600 / EVENT_MODE_SYNC_INTERVAL, per_sweep, push_fresh["dead_key_per_check"]
+    )
+    for operation, count in PUSH_RECHECK_CALLS.items():
+        push[operation] = push.get(operation, 0.0) + count * rechecks
     calls: dict[str, dict[str, float]] = {
         f"keyrotor sweep {DEFAULT_SYNC_INTERVAL:g}s (default)": per_hour(
             sweep_window, 3600 / DEFAULT_SYNC_INTERVAL, per_sweep, sweep_dk
@@ -502,18 +599,24 @@ def _result(
             sweep_window, 3600 / sync_interval, per_sweep, sweep_dk
         ),
         "keyrotor event mode": event,
+        PUSH: push,
     }
     fresh: dict[str, dict[str, Any]] = {
         f"keyrotor sweep {DEFAULT_SYNC_INTERVAL:g}s (default)": _uniform(DEFAULT_SYNC_INTERVAL),
         f"keyrotor sweep {sync_interval:g}s": sweep_fresh["keyrotor"],
         "keyrotor event mode": event_fresh["keyrotor"],
+        PUSH: push_fresh["keyrotor"],
     }
-    seconds = sweep_window.seconds + event_window.seconds
+    seconds = sweep_window.seconds + event_window.seconds + push_window.seconds
     for i, interval in enumerate(poller_intervals):
         label = _label(interval)
-        polls = sweep_window.pollers[i][POLL] + event_window.pollers[i][POLL]
+        polls = sum(w.pollers[i][POLL] for w in (sweep_window, event_window, push_window))
         calls[label] = {POLL: polls / seconds * 3600}
-        both = sweep_fresh[label]["samples_s"] + event_fresh[label]["samples_s"]
+        both = (
+            sweep_fresh[label]["samples_s"]
+            + event_fresh[label]["samples_s"]
+            + push_fresh[label]["samples_s"]
+        )
         fresh[label] = {**summary(both), "writes": pollers[i].writes, "errors": pollers[i].errors}
     for interval in COMPUTED_POLLER_INTERVALS:
         if interval not in poller_intervals:
@@ -535,15 +638,27 @@ def _result(
                     "worst": fresh[p]["worst"] / fresh[k]["worst"],
                 }
             )
+    default = f"keyrotor sweep {DEFAULT_SYNC_INTERVAL:g}s (default)"
+    beside_sweep = {
+        "calls_sweep_over_push": sum(calls[default].values()) / sum(push.values()),
+        "calls_queue_over_push": sum(event.values()) / sum(push.values()),
+        "median_sweep_over_push": fresh[default]["median"] / fresh[PUSH]["median"],
+        "worst_sweep_over_push": fresh[default]["worst"] / fresh[PUSH]["worst"],
+    }
     return {
+        "push_beside_sweep_default": beside_sweep,
         "objects": n,
         "sync_interval_s": sync_interval,
         "poller_intervals_s": poller_intervals,
-        "windows": {"sweep": sweep_window.as_dict(), "event": event_window.as_dict()},
+        "windows": {
+            "sweep": sweep_window.as_dict(),
+            "event": event_window.as_dict(),
+            "push": push_window.as_dict(),
+        },
         "calls_per_hour": calls,
         "calls_per_object_hour": per_object,
         "freshness_s": fresh,
-        "by_phase": {"sweep": sweep_fresh, "event": event_fresh},
+        "by_phase": {"sweep": sweep_fresh, "event": event_fresh, "push": push_fresh},
         "ratios_poller_over_keyrotor": ratios,
     }
 
@@ -558,6 +673,7 @@ def _say_freshness(fresh: dict[str, Any]) -> None:
 
 def _print(result: dict[str, Any]) -> None:
     n = result["objects"]
+    say(f"    push beside sweep mode at its default: {result['push_beside_sweep_default']}")
     say(f"    steady-state AWS calls per object-hour ({n} objects), by operation:")
     for label, ops in result["calls_per_object_hour"].items():
         by_op = {k: round(v, 3) for k, v in sorted(ops.items(), key=lambda kv: -kv[1])}

@@ -199,6 +199,7 @@ def test_a_body_over_the_limit_is_refused_unread(delivery: PushDelivery) -> None
 def test_other_methods_bad_bodies_and_missing_lengths_are_refused(delivery: PushDelivery) -> None:
     assert _post(delivery, b"", _authorized(), method="GET") == 405
     assert _post(delivery, b"not json", _authorized()) == 400
+    assert _post(delivery, b"[" * 100_000 + b"]" * 100_000, _authorized()) == 400
     connection = http.client.HTTPConnection("127.0.0.1", delivery.listener.port, timeout=10)
     connection.putrequest("POST", "/events", skip_accept_encoding=True)
     connection.putheader(api_destination.TOKEN_HEADER, TOKEN)

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
         "audit_command",
     },
     {"handlers", "metrics_watch"},
-    {"sync", "deletion", "event_consumer", "event_push"},
+    {"sync", "deletion", "event_consumer", "event_push", "decisions"},
     {"reconcile"},
     {"executor", "status"},
     {"runtime", "installation"},
@@ -41,7 +41,7 @@ LAYERS: list[set[str]] = [
     {"mirroring", "refusals", "secret_events"},
     {"outcome", "errors", "metrics"},
     {"conditions", "tenancy", "observation"},
-    {"model", "settings", "rotation_lambda", "kms_keys", "shards"},
+    {"model", "settings", "rotation_lambda", "kms_keys", "shards", "allocator"},
 ]
 
 
