@@ -816,6 +816,12 @@ class _CredentialReport:
     content: str
 
 
+def _pass_role(role_arn: object, service: str) -> Request:
+    """The iam:PassRole a call implies when it hands a role to ``service`` (a Lambda function's
+    role, an EventBridge target's)."""
+    return Request("iam:PassRole", str(role_arn), {"iam:PassedToService": service})
+
+
 def _naive_utc(moment: datetime) -> datetime:
     """moto keeps IAM times as naive UTC."""
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
@@ -1542,13 +1548,7 @@ class AwsEmulator:
         requests = [Request(action, f"{prefix}:{rule}")]
         for target in params.get("Targets") or [] if operation == "PutTargets" else []:
             if isinstance(target, Mapping) and target.get("RoleArn"):
-                requests.append(
-                    Request(
-                        "iam:PassRole",
-                        str(target["RoleArn"]),
-                        {"iam:PassedToService": "events.amazonaws.com"},
-                    )
-                )
+                requests.append(_pass_role(target["RoleArn"], "events.amazonaws.com"))
         return requests
 
     def _events_arn(self, kind: str, name: str, before_creation: str) -> str:
@@ -1628,13 +1628,7 @@ class AwsEmulator:
         if operation == "CreateFunction" and params.get("Tags"):
             requests.append(Request("lambda:TagResource", arn, context))
         if operation in ("CreateFunction", "UpdateFunctionConfiguration") and params.get("Role"):
-            requests.append(
-                Request(
-                    "iam:PassRole",
-                    str(params["Role"]),
-                    {"iam:PassedToService": "lambda.amazonaws.com"},
-                )
-            )
+            requests.append(_pass_role(params["Role"], "lambda.amazonaws.com"))
         return requests
 
     def _iam_requests(

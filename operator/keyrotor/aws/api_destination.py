@@ -79,6 +79,16 @@ def _auth_parameters(token: str) -> dict[str, Any]:
     return {"ApiKeyAuthParameters": {"ApiKeyName": TOKEN_HEADER, "ApiKeyValue": token}}
 
 
+def _connection_fields(push: PushDestination, token: str) -> dict[str, Any]:
+    """CreateConnection's and UpdateConnection's parameters: the same connection either way."""
+    return {
+        "Name": push.name,
+        "Description": description(push.cluster_name, token_fingerprint(token)),
+        "AuthorizationType": "API_KEY",
+        "AuthParameters": _auth_parameters(token),
+    }
+
+
 def _redacted(exc: ClientError, token: str) -> ClientError:
     """The same error without the token, should AWS's message ever quote a parameter."""
     response: Any = dict(exc.response)
@@ -110,14 +120,7 @@ def ensure_connection(events: EventBridgeClient, push: PushDestination, token: s
     except Exception as exc:
         if not _missing(exc):
             raise
-        created = _write_connection(
-            events,
-            True,
-            Name=push.name,
-            Description=description(push.cluster_name, token_fingerprint(token)),
-            AuthorizationType="API_KEY",
-            AuthParameters=_auth_parameters(token),
-        )
+        created = _write_connection(events, True, **_connection_fields(push, token))
         return str(created["ConnectionArn"])
     api_key = (found.get("AuthParameters") or {}).get("ApiKeyAuthParameters") or {}
     if not (
@@ -126,14 +129,7 @@ def ensure_connection(events: EventBridgeClient, push: PushDestination, token: s
         and found.get("ConnectionState") in GOOD_STATES
         and token_matches(str(found.get("Description") or ""), token)
     ):
-        _write_connection(
-            events,
-            False,
-            Name=push.name,
-            Description=description(push.cluster_name, token_fingerprint(token)),
-            AuthorizationType="API_KEY",
-            AuthParameters=_auth_parameters(token),
-        )
+        _write_connection(events, False, **_connection_fields(push, token))
     return str(found["ConnectionArn"])
 
 
