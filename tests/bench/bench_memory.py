@@ -24,7 +24,7 @@ usual over all of them:
    runs each one's reconcile (``resume``: it finds everything in place), the sync loop sweeps
    all N secrets every ``--memory-sync-interval`` (default 60 s). The bench waits until every
    object was reconciled (N reconciles started, as counted by their first call, ``GetUser``,
-   and none running), then for two more sweeps, sampling RSS every 5 s.
+   and none running or queued), then for two more sweeps, sampling RSS every 5 s.
 
 Figures per N: *peak* (``VmHWM`` of this start: the resume of N objects at once), *steady*
 (``VmRSS`` after the two sweeps), the last sweep's duration
@@ -90,6 +90,7 @@ def _scrape(port: int) -> dict[str, float]:
             elif sample.name in (
                 "keyrotor_sync_sweeps_total",
                 "keyrotor_sync_last_sweep_duration_seconds",
+                "keyrotor_decisions_queued",
             ):
                 out[sample.name] = sample.value
     return out
@@ -348,8 +349,11 @@ def _measure(
     try:
         deadline = began + 600 + total * 0.5
         last_report = 0.0
-        # Every reconcile starts with GetUser: all N ran once none is running and N were made.
-        while (now := _scrape(port))["GetUser"] < total or now.get("reconciling", 1) > 0:
+        # Every reconcile starts with GetUser: all N ran once none is running or queued (the
+        # decision queue, keyrotor.decisions) and N were made.
+        while (now := _scrape(port))["GetUser"] < total or (
+            now.get("reconciling", 1) > 0 or now.get("keyrotor_decisions_queued", 0) > 0
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {now['GetUser']:.0f}/{total} reconciled")
             if not harness.operator.running():
