@@ -153,3 +153,19 @@ def test_only_kopfs_bookkeeping_keeps_a_decision_valid(
     after: dict[str, object], same: bool
 ) -> None:
     assert kopf_bookkeeping_only(BODY, after) is same
+
+
+def test_a_decision_that_raises_leaves_its_thread_working() -> None:
+    calls: list[str] = []
+
+    def decide(namespace: str, name: str, uid: str, trigger: str) -> None:
+        calls.append(name)
+        if name == "bad":
+            raise RuntimeError("a bug")
+
+    queue = DecisionQueue(decide, workers=1)
+    queue.submit("ns", "bad", "uid-b", "resume")
+    queue.submit("ns", "good", "uid-g", "resume")
+    _drain(queue)
+    queue.close()
+    assert calls == ["bad", "good"]
