@@ -18,7 +18,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from keyrotor.aws.clients import AwsClients
 from keyrotor.index import ObjectIndex
 from keyrotor.installation import Installation, Target
 from keyrotor.outcome import IndexUpdate
@@ -26,16 +25,11 @@ from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
 from keyrotor.sync import SyncLoop
 from keyrotor_sandbox.aws import AwsEmulator
+from tests.fixtures.aws import emulator_clients
 
 
 def _runtime(aws: AwsEmulator, index: ObjectIndex, clock: list[datetime]) -> Runtime:
-    clients = AwsClients(
-        iam=aws.client("iam"),
-        sts=aws.client("sts"),
-        secretsmanager=aws.client("secretsmanager"),
-        lambda_=aws.client("lambda"),
-        region=aws.region,
-    )
+    clients = emulator_clients(aws)
     settings = Settings(cluster_name="bench")
     return Runtime(
         settings=settings,

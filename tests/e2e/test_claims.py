@@ -13,23 +13,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 CLAIM = "keyrotor.io/claimed-by"
 
 
-def _tags(keyrotor: Harness, user: str) -> dict[str, str]:
-    tags = keyrotor.aws.client("iam").list_user_tags(UserName=user)["Tags"]
-    return {t["Key"]: t["Value"] for t in tags}
-
-
 def test_claim_is_set_while_the_object_lives_and_released_after(keyrotor: Harness) -> None:
     ns = keyrotor.namespace()
     user = keyrotor.iam_user(namespaces=ns)
     created = keyrotor.create(ns, "app", {"iamUser": user})
     keyrotor.wait_ready(ns, "app")
-    tags = _tags(keyrotor, user)
+    tags = keyrotor.user_tags(user)
     assert tags[CLAIM] == f"{keyrotor.installation_id}/{created['metadata']['uid']}"
     assert tags["keyrotor.io/claimed-by-object"] == f"{ns}/app"
     keyrotor.delete(ns, "app")
     keyrotor.wait(lambda: keyrotor.get(ns, "app") is None, what="the object finalized")
-    assert CLAIM not in _tags(keyrotor, user)
-    assert tags["keyrotor.io/namespaces"] == _tags(keyrotor, user)["keyrotor.io/namespaces"]
+    assert CLAIM not in keyrotor.user_tags(user)
+    assert tags["keyrotor.io/namespaces"] == keyrotor.user_tags(user)["keyrotor.io/namespaces"]
 
 
 def test_user_claimed_by_another_installation_is_a_conflict(keyrotor: Harness) -> None:
@@ -69,7 +64,8 @@ def test_stale_claim_of_this_installation_is_taken_over(keyrotor: Harness) -> No
     created = keyrotor.create(ns, "app", {"iamUser": user})
     keyrotor.wait_ready(ns, "app")
     assert (
-        _tags(keyrotor, user)[CLAIM] == f"{keyrotor.installation_id}/{created['metadata']['uid']}"
+        keyrotor.user_tags(user)[CLAIM]
+        == f"{keyrotor.installation_id}/{created['metadata']['uid']}"
     )
 
 
@@ -83,7 +79,7 @@ def test_claim_of_a_cluster_with_the_same_name_is_not_taken_over(keyrotor: Harne
     keyrotor.create(ns, "app", {"iamUser": user})
     obj = keyrotor.wait_condition(ns, "app", "Ready", "False", "Conflict")
     assert "uid-elsewhere" not in keyrotor.condition(obj, "Ready")["message"]
-    assert _tags(keyrotor, user)[CLAIM] == other
+    assert keyrotor.user_tags(user)[CLAIM] == other
     assert keyrotor.user_keys(user) == {}
     assert "secretArn" not in obj["status"]
 
@@ -109,7 +105,7 @@ def test_case_variants_of_a_user_name_are_one_claim(keyrotor: Harness) -> None:
     assert keyrotor.secret(second_ns, "spelling") is None
     secrets = keyrotor.aws.client("secretsmanager").list_secrets()["SecretList"]
     assert not [s["Name"] for s in secrets if second_ns in s["Name"]]
-    assert _tags(keyrotor, user)[CLAIM].endswith(f"/{holder_uid(keyrotor, first_ns)}")
+    assert keyrotor.user_tags(user)[CLAIM].endswith(f"/{holder_uid(keyrotor, first_ns)}")
     # The holder's key keeps working, as the user as created.
     data = keyrotor.secret_data(keyrotor.secret(first_ns, "holder"))
     arn = keyrotor.caller_arn(data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"])
@@ -118,7 +114,7 @@ def test_case_variants_of_a_user_name_are_one_claim(keyrotor: Harness) -> None:
     keyrotor.delete(first_ns, "holder")
     keyrotor.wait(lambda: keyrotor.get(first_ns, "holder") is None, what="the holder finalized")
     taken = keyrotor.wait_ready(second_ns, "spelling", timeout=90)
-    assert _tags(keyrotor, user)[CLAIM].endswith(f"/{taken['metadata']['uid']}")
+    assert keyrotor.user_tags(user)[CLAIM].endswith(f"/{taken['metadata']['uid']}")
     data = keyrotor.secret_data(keyrotor.secret(second_ns, "spelling"))
     assert data["AWS_ACCESS_KEY_ID"] == taken["status"]["accessKeyId"]
     arn = keyrotor.caller_arn(data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"])

@@ -14,11 +14,6 @@ CLAIM = "keyrotor.io/claimed-by"
 FILLERS = 20  # objects listed between the newcomer and the holder (kopf lists by name)
 
 
-def _tags(keyrotor: Harness, user: str) -> dict[str, str]:
-    tags = keyrotor.aws.client("iam").list_user_tags(UserName=user)["Tags"]
-    return {t["Key"]: t["Value"] for t in tags}
-
-
 def test_restart_never_takes_a_live_claim_for_stale(keyrotor: Harness) -> None:
     ns = keyrotor.namespace()
     held_user = keyrotor.iam_user(namespaces=ns)
@@ -45,12 +40,12 @@ def test_restart_never_takes_a_live_claim_for_stale(keyrotor: Harness) -> None:
     keyrotor.start_operator()
     keyrotor.wait_condition(ns, "a-newcomer", "Ready", "False", "Conflict")
     taker = keyrotor.wait_ready(ns, "b-taker")  # the stale claim was taken: the restart decided
-    assert _tags(keyrotor, stale_user)[CLAIM] == (
+    assert keyrotor.user_tags(stale_user)[CLAIM] == (
         f"{keyrotor.installation_id}/{taker['metadata']['uid']}"
     )
 
     # The live claim held: the holder still rotates its user, the newcomer made nothing.
-    assert _tags(keyrotor, held_user)[CLAIM] == (
+    assert keyrotor.user_tags(held_user)[CLAIM] == (
         f"{keyrotor.installation_id}/{holder['metadata']['uid']}"
     )
     after = keyrotor.wait_ready(ns, "z-holder")["status"]

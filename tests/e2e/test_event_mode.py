@@ -11,17 +11,16 @@ the events CloudTrail hands to EventBridge (the emulator's fix 12).
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from keyrotor_sandbox.aws import Call
+from tests.fixtures.aws import awscurrent_moved
 from tests.fixtures.operator import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
 KEYROTOR_ARGS = ("--event-mode", "--sync-interval", "3600")
-VERSION_ID = "keyrotor.io/version-id"
 
 
 def _queue_url(keyrotor: Harness) -> str:
@@ -45,20 +44,6 @@ def _queue_url(keyrotor: Harness) -> str:
     return url
 
 
-def _ready_object(keyrotor: Harness, name: str = "app") -> tuple[str, dict[str, Any]]:
-    ns = keyrotor.namespace("ev")
-    user = keyrotor.iam_user(namespaces=ns)
-    keyrotor.create(ns, name, {"iamUser": user})
-    status = dict(keyrotor.wait_ready(ns, name)["status"])
-    keyrotor.wait(lambda: _mirrored(keyrotor, ns, name) == status["versionId"], what="mirrored")
-    return ns, status
-
-
-def _mirrored(keyrotor: Harness, ns: str, name: str) -> str | None:
-    secret = keyrotor.secret(ns, name)
-    return None if secret is None else (secret.metadata.annotations or {}).get(VERSION_ID)
-
-
 def _queue_empty(keyrotor: Harness, url: str) -> bool:
     attributes = keyrotor.aws.client("sqs").get_queue_attributes(
         QueueUrl=url,
@@ -78,12 +63,9 @@ def test_a_rotation_keyrotor_did_not_start_is_mirrored_through_its_event(
     keyrotor: Harness,
 ) -> None:
     url = _queue_url(keyrotor)
-    ns, first = _ready_object(keyrotor)
+    ns, first = keyrotor.ready_and_mirrored("ev", "app")
     start = len(keyrotor.aws.calls)
-    rotated = keyrotor.aws.client("secretsmanager").rotate_secret(SecretId=first["secretArn"])
-    new_version = rotated["VersionId"]
-
-    keyrotor.wait(lambda: _mirrored(keyrotor, ns, "app") == new_version, what="the new version")
+    new_version = keyrotor.rotate_outside(ns, "app", first["secretArn"])
     keyrotor.aws.wait_for_rotations()
     calls = _calls_since(keyrotor, start)
     operations = [c.operation for c in calls if c.step is None]  # not the rotation Lambda's
@@ -103,26 +85,11 @@ def test_a_rotation_keyrotor_did_not_start_is_mirrored_through_its_event(
 
 def test_repeated_and_stale_events_change_nothing(keyrotor: Harness) -> None:
     url = _queue_url(keyrotor)
-    ns, first = _ready_object(keyrotor, "steady")
+    ns, first = keyrotor.ready_and_mirrored("ev", "steady")
     secret = keyrotor.secret(ns, "steady")
     assert secret is not None
     # An event for a version that is no longer (or never was) AWSCURRENT, three times over.
-    stale = {
-        "version": "0",
-        "id": "stale-1",
-        "source": "aws.secretsmanager",
-        "detail-type": "AWS API Call via CloudTrail",
-        "detail": {
-            "eventSource": "secretsmanager.amazonaws.com",
-            "eventName": "UpdateSecretVersionStage",
-            "requestParameters": {
-                "secretId": first["secretArn"],
-                "versionStage": "AWSCURRENT",
-                "moveToVersionId": "00000000-0000-4000-8000-000000000000",
-            },
-            "responseElements": {"arn": first["secretArn"]},
-        },
-    }
+    stale = awscurrent_moved(first["secretArn"], "stale-1")
     keyrotor.wait(lambda: _queue_empty(keyrotor, url), what="an empty queue")
     start = len(keyrotor.aws.calls)
     sqs = keyrotor.aws.client("sqs")
@@ -144,7 +111,7 @@ def test_a_lost_event_is_caught_by_the_sweep(keyrotor: Harness) -> None:
     """The same rotation with every event lost: nothing arrives in the queue, and an operator
     whose sweep is short (10 s) mirrors it anyway."""
     url = _queue_url(keyrotor)
-    ns, first = _ready_object(keyrotor, "lost")
+    ns, first = keyrotor.ready_and_mirrored("ev", "lost")
     # The first key's own events are consumed before the stop: a message the stopped operator
     # had received but not deleted would come back after its visibility timeout, in the queue
     # this test expects empty at the end.
@@ -164,7 +131,7 @@ def test_a_lost_event_is_caught_by_the_sweep(keyrotor: Harness) -> None:
         keyrotor.aws.wait_for_rotations()
         new_version = rotated["VersionId"]
         keyrotor.wait(
-            lambda: _mirrored(keyrotor, ns, "lost") == new_version,
+            lambda: keyrotor.mirrored_version(ns, "lost") == new_version,
             timeout=90,
             what="the new version, found by the sweep",
         )
@@ -181,7 +148,7 @@ def test_a_queue_the_user_names_is_used_as_it_is(keyrotor: Harness) -> None:
     """--event-queue-url: the rule sends to the user's queue, whose policy keyrotor leaves alone;
     a rotation keyrotor did not start arrives through it."""
     _queue_url(keyrotor)
-    ns, first = _ready_object(keyrotor, "mine")
+    ns, first = keyrotor.ready_and_mirrored("ev", "mine")
     sqs = keyrotor.aws.client("sqs")
     url = sqs.create_queue(QueueName=f"platform-{keyrotor.cluster_name}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
@@ -199,10 +166,7 @@ def test_a_queue_the_user_names_is_used_as_it_is(keyrotor: Harness) -> None:
         what="the rule pointed at the user's queue",
     )
     start = len(keyrotor.aws.calls)
-    rotated = keyrotor.aws.client("secretsmanager").rotate_secret(SecretId=first["secretArn"])
-    keyrotor.wait(
-        lambda: _mirrored(keyrotor, ns, "mine") == rotated["VersionId"], what="the new version"
-    )
+    keyrotor.rotate_outside(ns, "mine", first["secretArn"])
     operations = [c.operation for c in _calls_since(keyrotor, start) if c.step is None]
     assert "ListSecrets" not in operations
     assert "SetQueueAttributes" not in operations and "CreateQueue" not in operations

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,11 +23,11 @@ import pytest
 from keyrotor.aws import api_destination, policies
 from keyrotor_sandbox.aws import AwsEmulator, Call
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import Harness
+from tests.fixtures.aws import awscurrent_moved
+from tests.fixtures.operator import Harness, free_port, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
-VERSION_ID = "keyrotor.io/version-id"
 TOKEN = uuid.uuid4().hex + uuid.uuid4().hex  # 64 characters, as `openssl rand -hex 32`
 AWS_WRITES = {
     "CreateConnection",
@@ -40,15 +39,9 @@ AWS_WRITES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def push_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +85,8 @@ def keyrotor(
         "--sync-interval",
         "3600",
     )
-    harness.start_operator()
-    try:
+    with running(harness):
         yield harness
-    finally:
-        aws_emulator.wait_for_rotations(timeout=60)
-        harness.stop()
     assert TOKEN not in harness.all_logs()
 
 
@@ -112,20 +101,6 @@ def _push_target(keyrotor: Harness) -> dict[str, Any]:
         return next((t for t in targets if t["Id"] == api_destination.TARGET_ID), None)
 
     return keyrotor.wait(probe, what="the rule's API destination target")
-
-
-def _ready_object(keyrotor: Harness, name: str) -> tuple[str, dict[str, Any]]:
-    ns = keyrotor.namespace("push")
-    user = keyrotor.iam_user(namespaces=ns)
-    keyrotor.create(ns, name, {"iamUser": user})
-    status = dict(keyrotor.wait_ready(ns, name)["status"])
-    keyrotor.wait(lambda: _mirrored(keyrotor, ns, name) == status["versionId"], what="mirrored")
-    return ns, status
-
-
-def _mirrored(keyrotor: Harness, ns: str, name: str) -> str | None:
-    secret = keyrotor.secret(ns, name)
-    return None if secret is None else (secret.metadata.annotations or {}).get(VERSION_ID)
 
 
 def _operations_since(keyrotor: Harness, start: int) -> list[str]:
@@ -148,12 +123,9 @@ def test_a_rotation_aws_starts_is_mirrored_through_a_pushed_event(
 ) -> None:
     target = _push_target(keyrotor)
     assert target["RoleArn"].endswith(f"keyrotor-{keyrotor.cluster_name}-event-push")
-    ns, first = _ready_object(keyrotor, "app")
+    ns, first = keyrotor.ready_and_mirrored("push", "app")
     start, pushed = len(keyrotor.aws.calls), len(keyrotor.aws.pushes)
-    rotated = keyrotor.aws.client("secretsmanager").rotate_secret(SecretId=first["secretArn"])
-    new_version = rotated["VersionId"]
-
-    keyrotor.wait(lambda: _mirrored(keyrotor, ns, "app") == new_version, what="the new version")
+    new_version = keyrotor.rotate_outside(ns, "app", first["secretArn"])
     keyrotor.aws.wait_for_rotations()
     operations = _operations_since(keyrotor, start)
     assert "ListSecrets" not in operations  # the sweep (hourly) did not find it: a push did
@@ -168,26 +140,11 @@ def test_a_rotation_aws_starts_is_mirrored_through_a_pushed_event(
 
 def test_a_request_with_a_wrong_token_changes_nothing(keyrotor: Harness, push_port: int) -> None:
     _push_target(keyrotor)
-    ns, first = _ready_object(keyrotor, "steady")
+    ns, first = keyrotor.ready_and_mirrored("push", "steady")
     before = keyrotor.secret(ns, "steady")
     assert before is not None
     # A well-formed event naming this object's secret, as if AWSCURRENT had moved.
-    event = {
-        "version": "0",
-        "id": "forged-1",
-        "source": "aws.secretsmanager",
-        "detail-type": "AWS API Call via CloudTrail",
-        "detail": {
-            "eventSource": "secretsmanager.amazonaws.com",
-            "eventName": "UpdateSecretVersionStage",
-            "requestParameters": {
-                "secretId": first["secretArn"],
-                "versionStage": "AWSCURRENT",
-                "moveToVersionId": "00000000-0000-4000-8000-000000000000",
-            },
-            "responseElements": {"arn": first["secretArn"]},
-        },
-    }
+    event = awscurrent_moved(first["secretArn"], "forged-1")
     body = json.dumps(event).encode()
     keyrotor.aws.wait_for_rotations()
     start = len(keyrotor.aws.calls)
@@ -210,7 +167,7 @@ def test_a_lost_push_is_caught_by_the_sweep(keyrotor: Harness) -> None:
     """Every event of a rotation lost (EventBridge never calls): an operator whose sweep is short
     (10 s) mirrors it anyway. Its restart, with the same token, writes nothing in AWS."""
     _push_target(keyrotor)
-    ns, first = _ready_object(keyrotor, "lost")
+    ns, first = keyrotor.ready_and_mirrored("push", "lost")
     keyrotor.operator.stop()
     restarted = len(keyrotor.aws.calls)
     keyrotor.start_operator("--sync-interval", "10")
@@ -229,7 +186,7 @@ def test_a_lost_push_is_caught_by_the_sweep(keyrotor: Harness) -> None:
         rotated = keyrotor.aws.client("secretsmanager").rotate_secret(SecretId=first["secretArn"])
         keyrotor.aws.wait_for_rotations()
         keyrotor.wait(
-            lambda: _mirrored(keyrotor, ns, "lost") == rotated["VersionId"],
+            lambda: keyrotor.mirrored_version(ns, "lost") == rotated["VersionId"],
             timeout=90,
             what="the new version, found by the sweep",
         )

@@ -17,7 +17,6 @@ from kubernetes import client
 from kubernetes.config import kube_config
 
 from keyrotor import claims, handlers
-from keyrotor.aws.clients import AwsClients
 from keyrotor.claims import ClaimsMap
 from keyrotor.installation import Installation, Target
 from keyrotor.k8s.client import KubeApis
@@ -26,6 +25,7 @@ from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
 from keyrotor.shards import Shard
 from keyrotor_sandbox.kube import KubeApiServer
+from tests.fixtures.aws import emulator_clients
 
 pytestmark = pytest.mark.kube
 
@@ -123,13 +123,7 @@ def test_the_start_up_handler_fills_the_map_before_it_returns(
     holder = _create(admin, namespace, "holder", "Svc")
     other = _create(admin, namespace, "other", "another")
     settings = Settings(cluster_name=f"c{uuid.uuid4().hex[:8]}", namespaces=(namespace,))
-    clients = AwsClients(
-        iam=aws.client("iam"),
-        sts=aws.client("sts"),
-        secretsmanager=aws.client("secretsmanager"),
-        lambda_=aws.client("lambda"),
-        region=aws.region,
-    )
+    clients = emulator_clients(aws)
     runtime = Runtime(
         settings=settings,
         aws=clients,

@@ -20,7 +20,6 @@ from kubernetes.client.rest import ApiException
 
 from keyrotor import claims, errors, reconcile, sync
 from keyrotor.aws import policies
-from keyrotor.aws.clients import AwsClients
 from keyrotor.installation import Installation, Target
 from keyrotor.k8s import objects
 from keyrotor.k8s.client import KubeApis
@@ -28,6 +27,7 @@ from keyrotor.k8s.events import post_event
 from keyrotor.model import GROUP, PLURAL, VERSION
 from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
+from tests.fixtures.aws import emulator_clients
 
 pytestmark = pytest.mark.kube
 
@@ -35,13 +35,7 @@ pytestmark = pytest.mark.kube
 @pytest.fixture
 def runtime(aws: Any, operator_rbac: Any, kube_operator_api: Any) -> Iterator[Runtime]:
     settings = Settings(cluster_name=f"w{uuid.uuid4().hex[:8]}", stuck_after=120)
-    clients = AwsClients(
-        iam=aws.client("iam"),
-        sts=aws.client("sts"),
-        secretsmanager=aws.client("secretsmanager"),
-        lambda_=aws.client("lambda"),
-        region=aws.region,
-    )
+    clients = emulator_clients(aws)
     kube = KubeApis(
         core=client.CoreV1Api(kube_operator_api),
         custom=client.CustomObjectsApi(kube_operator_api),
