@@ -9,7 +9,6 @@ emulator, to bound how many DescribeSecret looks a wait makes before it is over
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from collections import Counter
@@ -23,7 +22,7 @@ from keyrotor.mirroring import focus_look_due
 from keyrotor.model import GROUP, PLURAL, VERSION
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import FAST_ARGS, Harness
+from tests.fixtures.operator import FAST_ARGS, Harness, free_port, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -59,15 +58,9 @@ INSTALLATION = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def metrics_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +70,16 @@ def keyrotor(
     tmp_path_factory: pytest.TempPathFactory,
     metrics_port: int,
 ) -> Iterator[Harness]:
-    harness = Harness(aws_emulator, operator_rbac, tmp_path_factory.mktemp("operator"))
     # No sweep while objects come up (the first comes 300 s after start): every call counted
     # is one of bringing them up.
-    harness.start_operator("--metrics-port", str(metrics_port), "--sync-interval", "300")
-    try:
+    harness = Harness(
+        aws_emulator,
+        operator_rbac,
+        tmp_path_factory.mktemp("operator"),
+        extra_args=("--metrics-port", str(metrics_port), "--sync-interval", "300"),
+    )
+    with running(harness):
         yield harness
-    finally:
-        aws_emulator.wait_for_rotations(timeout=60)
-        harness.stop()
 
 
 def _scrape(port: int) -> tuple[Counter[str], Counter[str]]:
