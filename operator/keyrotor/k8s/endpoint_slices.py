@@ -25,7 +25,7 @@ from typing import Any
 
 from kubernetes import client
 
-from keyrotor.errors import ConflictError, NotFoundError, failure_for
+from keyrotor.errors import ConflictError, NotFoundError, Retry, failure_for
 from keyrotor.k8s.client import is_status, kube_errors
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,9 @@ def keep_slice(
             log.warning("event push: %s", exc)
             wait = recheck
         except Exception as exc:  # tried again; the sweep covers events lost meanwhile
-            log.warning("event push: %s: %s", endpoint.describe(), failure_for(exc).message)
-            wait = RETRY
+            failure = failure_for(exc)
+            log.warning("event push: %s: %s", endpoint.describe(), failure.message)
+            # A missing permission waits for a person (said at each recheck); the rest is soon.
+            wait = recheck if failure.retry is Retry.RECHECK else RETRY
         if stop.wait(wait):
             return
