@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from keyrotor import audit_command, policy_command
 from keyrotor.aws.rate_limits import parse_rate
@@ -105,6 +107,13 @@ def _add_run_event_flags(run: argparse.ArgumentParser) -> None:
         "--event-push-role-arn",
         default=env("EVENT_PUSH_ROLE_ARN"),
         help="push delivery: the role EventBridge invokes the API destination with",
+    )
+    run.add_argument(
+        "--event-push-service",
+        default=env("EVENT_PUSH_SERVICE"),
+        metavar="NAME",
+        help="push delivery: the Service (no selector, in the operator's namespace) whose "
+        "EndpointSlice the active replica points at itself (its IP from POD_IP)",
     )
 
 
@@ -258,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _push_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Push delivery's settings (keyrotor.event_push, keyrotor.k8s.endpoint_slices)."""
+    return {
+        "event_push_port": args.event_push_port,
+        "event_push_url": args.event_push_url or None,
+        "event_push_role_arn": args.event_push_role_arn or None,
+        # The token only from the environment (a Secret): a flag would show in `ps` and the
+        # pod's spec.
+        "event_push_token": env("EVENT_PUSH_TOKEN") or "",
+        "event_push_service": args.event_push_service or None,
+        # The downward API's names (the pod's spec sets them), not KEYROTOR_* settings.
+        "pod_ip": os.environ.get("POD_IP") or None,
+        "pod_name": os.environ.get("POD_NAME") or None,
+        "pod_namespace": os.environ.get("POD_NAMESPACE") or None,
+    }
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = args.namespace if args.namespace is not None else env_list("NAMESPACE")
     namespaces = [part for value in given for part in value.replace(",", " ").split()]
@@ -277,12 +303,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         event_mode=event_mode,
         event_queue_url=args.event_queue_url or None,
         event_delivery=args.event_delivery,
-        event_push_port=args.event_push_port,
-        event_push_url=args.event_push_url or None,
-        event_push_role_arn=args.event_push_role_arn or None,
-        # The token only from the environment (a Secret): a flag would show in `ps` and the
-        # pod's spec.
-        event_push_token=env("EVENT_PUSH_TOKEN") or "",
+        **_push_settings(args),
         focus_interval=parse_interval_setting("--focus-interval", str(args.focus_interval)),
         stuck_after=parse_interval_setting("--stuck-after", str(args.stuck_after)),
         recheck_interval=parse_interval_setting("--recheck-interval", str(args.recheck_interval)),

@@ -20,8 +20,10 @@ hostile until the token matched:
 
 Before this replica is the active one (leader election) the listener answers an authorized
 request 503 (EventBridge retries 5xx and 429), so a standby behind the same Service loses
-nothing. A delivery that fails for good, or a look that fails three times, is left to the
-ListSecrets sweep, which stays the safety net.
+nothing; with ``--event-push-service`` a standby is not behind it at all (the active replica
+points the Service's EndpointSlice at itself: keyrotor.k8s.endpoint_slices). A delivery that
+fails for good, or a look that fails three times, is left to the ListSecrets sweep, which stays
+the safety net.
 
 The connection, the API destination and the rule's target are ensured at start and then as
 often as the safety-net sweep runs (as the queue is), not per event.

@@ -9,21 +9,25 @@ import sys
 import threading
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from keyrotor import metrics
 from keyrotor.aws.clients import AwsClients, error_message
 from keyrotor.aws.rate_limits import RateLimiter
+from keyrotor.errors import KeyrotorError
 from keyrotor.installation import Installation, Target
-from keyrotor.k8s import objects
+from keyrotor.k8s import endpoint_slices, objects
 from keyrotor.k8s.client import KubeApis
 from keyrotor.k8s.events import post_event
 from keyrotor.k8s.leader_election import LeaderElector, default_identity, default_namespace
 from keyrotor.runtime import Runtime
 from keyrotor.settings import Settings
 from keyrotor.tenancy import installation_id
+
+if TYPE_CHECKING:
+    from keyrotor.event_push import PushListener
 
 
 class StartupError(RuntimeError):
@@ -137,6 +141,54 @@ def elect_leader(settings: Settings) -> LeaderElector:
     return elector
 
 
+def start_push_listener(settings: Settings) -> PushListener | None:
+    """Push delivery listens from the start, like metrics: a standby answers 503 (EventBridge
+    retries) until it is the active replica."""
+    if not settings.event_push:
+        return None
+    from keyrotor.event_push import PushListener
+
+    try:
+        return PushListener(settings).start()
+    except OSError as exc:
+        raise StartupError(
+            f"--event-push-port {settings.event_push_port}: cannot listen: {exc.strerror}"
+        ) from None
+
+
+def push_endpoint(settings: Settings, runtime: Runtime) -> endpoint_slices.PushEndpoint | None:
+    """With --event-push-service: the slice this replica will own once active, checked now (a
+    read) so that a Service name taken by something else stops every replica at start."""
+    if not settings.event_push_service or not settings.pod_ip:
+        return None
+    endpoint = endpoint_slices.PushEndpoint(
+        namespace=settings.pod_namespace or default_namespace(),
+        service=settings.event_push_service,
+        ip=settings.pod_ip,
+        port=settings.event_push_port,
+        pod_name=settings.pod_name,
+    )
+    try:
+        slices = endpoint_slices.EndpointSlices(runtime.kube.core.api_client)
+        endpoint_slices.check_not_foreign(slices, endpoint)
+    except KeyrotorError as exc:
+        raise StartupError(f"--event-push-service: {exc}") from None
+    return endpoint
+
+
+def keep_push_endpoint(runtime: Runtime, endpoint: endpoint_slices.PushEndpoint) -> threading.Event:
+    """The active replica points the push Service at itself, and keeps it so."""
+    stop = threading.Event()
+    slices = endpoint_slices.EndpointSlices(runtime.kube.core.api_client)
+    threading.Thread(
+        target=endpoint_slices.keep_slice,
+        args=(slices, endpoint, stop),
+        name="keyrotor-push-endpoint",
+        daemon=True,
+    ).start()
+    return stop
+
+
 def run(settings: Settings, *, verbose: bool = False) -> int:
     import keyrotor.handlers
     import keyrotor.metrics_watch  # noqa: F401  (feeds the scrape-time metrics)
@@ -152,25 +204,18 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr=settings.bind_address)
-    # Push delivery listens from the start, like metrics: a standby answers 503 (EventBridge
-    # retries) until it is the active replica.
-    push_listener = None
-    if settings.event_push:
-        from keyrotor.event_push import PushListener
-
-        try:
-            push_listener = PushListener(settings).start()
-        except OSError as exc:
-            raise StartupError(
-                f"--event-push-port {settings.event_push_port}: cannot listen: {exc.strerror}"
-            ) from None
+    push_listener = start_push_listener(settings)
     runtime = make_runtime(settings)  # fail fast, before kopf starts, with one readable line
+    endpoint = push_endpoint(settings, runtime)
     metrics.LEADER.set(0)
     metrics.SHARD_INFO.labels(shard=settings.shard_name).set(1)
     # Several replicas: only the Lease holder starts the operator. kopf's own peering is not used
     # (standalone): it freezes every operator of equal priority (see k8s/leader_election.py).
     elector = elect_leader(settings) if settings.leader_elect else None
     metrics.LEADER.set(1)
+    # The push Service now leads here (a standby is never in it); the listener answers 503 until
+    # kopf's start-up handler attached the operator, and EventBridge retries meanwhile.
+    stop_endpoint = keep_push_endpoint(runtime, endpoint) if endpoint is not None else None
     memo = kopf.Memo(
         make_runtime=partial(lambda rt: rt, runtime),
         shard=settings.shard,
@@ -191,6 +236,8 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
             ),
         )
     finally:
+        if stop_endpoint is not None:
+            stop_endpoint.set()
         if elector is not None:
             elector.release()  # kopf has stopped: a standby may take over at once
     return 0

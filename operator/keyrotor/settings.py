@@ -30,6 +30,7 @@ NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 # operator (an API destination) with a shared token.
 EVENT_DELIVERIES = ("queue", "push")
 PUSH_TOKEN_RE = re.compile(r"^[\x21-\x7e]{32,512}$")  # visible ASCII: an HTTP header value
+SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS-1035 label
 ROLE_ARN_RE = re.compile(r"^arn:[a-z-]+:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 KMS_KEY_ARN_RE = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
@@ -108,6 +109,13 @@ class Settings:
     event_push_role_arn: str | None = None
     # Never in a repr, log line, status or exception (it comes from a Kubernetes Secret).
     event_push_token: str = field(default="", repr=False, compare=False)
+    # The push Service (--event-push-service, in the operator's namespace): the active replica
+    # points its EndpointSlice at pod_ip (keyrotor.k8s.endpoint_slices). The pod's IP, name and
+    # namespace come from the downward API (POD_IP, POD_NAME, POD_NAMESPACE).
+    event_push_service: str | None = None
+    pod_ip: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
     allow: tuple[AllowRule, ...] = ()
     kms_keys: tuple[str, ...] = ()  # KMS key ARNs objects may use (spec.secretsManager.kmsKeyId)
     metrics_port: int = 0  # 0: no metrics endpoint
@@ -193,6 +201,8 @@ class Settings:
         if self.event_delivery not in EVENT_DELIVERIES:
             raise SettingsError(f"--event-delivery {self.event_delivery!r}: expected queue or push")
         if self.event_delivery != "push":
+            if self.event_push_service:
+                raise SettingsError("--event-push-service: only used with --event-delivery push")
             return
         if not self.event_mode:
             raise SettingsError("--event-delivery push: only used with --event-mode")
@@ -207,11 +217,36 @@ class Settings:
                 f"the ARN of the role EventBridge invokes the API destination with "
                 f"(keyrotor policy --document event-push-role / event-push-trust)"
             )
+        self._check_push_service()
         if not PUSH_TOKEN_RE.match(self.event_push_token):
             # Says what is wrong with the token, never any of it.
             raise SettingsError(
                 "KEYROTOR_EVENT_PUSH_TOKEN: push delivery needs a token of 32 to 512 visible "
                 "ASCII characters (no spaces), e.g. from `openssl rand -hex 32`"
+            )
+
+    def _check_push_service(self) -> None:
+        service = self.event_push_service
+        if not service:
+            return
+        if not SERVICE_NAME_RE.match(service):
+            raise SettingsError(
+                f"--event-push-service {service!r}: a Service name (1-63 lowercase letters, "
+                f"digits and '-', starting with a letter)"
+            )
+        if not self.pod_ip:
+            raise SettingsError(
+                f"--event-push-service {service}: needs this pod's IP in POD_IP "
+                f"(the downward API: fieldRef status.podIP)"
+            )
+        try:
+            address = ipaddress.ip_address(self.pod_ip)
+        except ValueError:
+            raise SettingsError(f"POD_IP {self.pod_ip!r}: expected an IP address") from None
+        if address.is_loopback or address.is_unspecified or address.is_link_local:
+            raise SettingsError(
+                f"POD_IP {self.pod_ip}: the API server takes no loopback, link-local or "
+                f"unspecified address as an endpoint; give the pod's IP (status.podIP)"
             )
 
     # Names of what one installation (one cluster name) shares in the AWS account.

@@ -11,21 +11,15 @@ import pytest
 
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import Harness
+from tests.fixtures.operator import Harness, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 BIND = "127.0.0.2"  # loopback, but not 127.0.0.1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((BIND, 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {"metrics": _free_port(), "health": _free_port()}
+    return {"metrics": free_port(), "health": free_port()}
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from collections.abc import Iterator
 
@@ -12,20 +11,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import Harness
+from tests.fixtures.operator import Harness, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {"metrics": _free_port(), "health": _free_port()}
+    return {"metrics": free_port(), "health": free_port()}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ benchmarks). It is bounded by the lease duration (6s here) plus one retry period
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from collections import Counter
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor_sandbox.aws import Rotation
 from keyrotor_sandbox.operator import OperatorProcess
-from tests.fixtures.operator import Harness
+from tests.fixtures.operator import Harness, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -94,12 +93,6 @@ def wait_all(
 
 def is_ready(obj: dict[str, Any]) -> bool:
     return (Harness.condition(obj, "Ready") or {}).get("status") == "True"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str) -> tuple[int, str]:

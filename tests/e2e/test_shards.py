@@ -6,7 +6,6 @@ the other shard is taken over there, with its claim, secret and key unchanged.""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from keyrotor.model import GROUP, PLURAL, VERSION
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import Harness
+from tests.fixtures.operator import Harness, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -29,15 +28,9 @@ SHARDS = ("a", "b")
 LEASE_NAMESPACE = "keyrotor-system"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {shard: _free_port() for shard in SHARDS}
+    return {shard: free_port() for shard in SHARDS}
 
 
 @pytest.fixture(scope="module")

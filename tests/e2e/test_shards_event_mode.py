@@ -5,7 +5,6 @@ handled (deleted) without a look. The sweep is an hour: only events can find the
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import Harness
+from tests.fixtures.operator import Harness, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -45,13 +44,7 @@ def shards(
         harness.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-PORTS = {shard: _free_port() for shard in SHARDS}
+PORTS = {shard: free_port() for shard in SHARDS}
 
 
 def _secret_events(shard: str, outcome: str) -> float:

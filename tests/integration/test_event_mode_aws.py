@@ -5,11 +5,14 @@ events (the emulator's fix 12), which keyrotor.secret_events maps back to the se
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
+import pytest
+
 from keyrotor import secret_events
-from keyrotor.aws import eventing
+from keyrotor.aws import api_destination, eventing
 from keyrotor_sandbox.aws import AwsEmulator
 
 
@@ -128,3 +131,31 @@ def test_a_known_queue_url_is_checked_without_looking_it_up(aws: AwsEmulator) ->
     assert eventing.ensure_queue(sqs, target, known_url=url) == url
     assert _writes(aws, start) == ["CreateQueue"]
     assert _policy(aws, url) == eventing.queue_policy(target)
+
+
+def test_a_refused_remove_targets_leaves_delivery_working_and_says_what_to_do(
+    aws: AwsEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator upgraded before its policy (no events:RemoveTargets yet) and switched from
+    push to queue: its queue target is put, the push target stays with a warning that names the
+    permission and the command, and the ensure succeeds (the consumer goes on polling). With the
+    permission, the next check takes the push target off."""
+    target, events = _target(aws), aws.client("events")
+    push = {"Id": api_destination.TARGET_ID, "Arn": target.queue_arn.replace("-events", "-push")}
+    eventing.ensure_rule(events, target, target.queue_arn)
+    events.put_targets(Rule=target.rule_name, Targets=[push])
+    aws.faults.fail("RemoveTargets", service="events")  # access denied
+    with caplog.at_level(logging.WARNING, logger="keyrotor.aws.eventing"):
+        assert eventing.ensure_rule(events, target, target.queue_arn) is False
+    assert [f.operation for f in aws.faults.fired] == ["RemoveTargets"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "keyrotor.aws.eventing"]
+    assert "events:RemoveTargets" in warning
+    assert f"aws events remove-targets --rule {target.rule_name} --ids keyrotor-push" in warning
+    ids = {t["Id"] for t in events.list_targets_by_rule(Rule=target.rule_name)["Targets"]}
+    assert ids == {eventing.RULE_TARGET_ID, api_destination.TARGET_ID}
+
+    start = len(aws.calls)
+    assert eventing.ensure_rule(events, target, target.queue_arn) is True
+    assert _writes(aws, start) == ["RemoveTargets"]
+    ids = {t["Id"] for t in events.list_targets_by_rule(Rule=target.rule_name)["Targets"]}
+    assert ids == {eventing.RULE_TARGET_ID}

@@ -104,7 +104,7 @@ def test_event_push_values(helm: Path) -> None:
     assert env["KEYROTOR_EVENT_PUSH_TOKEN"] == {
         "secretKeyRef": {"name": "keyrotor-event-push", "key": "token"}
     }
-    assert docs[("Service", "keyrotor-events")]["spec"]["ports"][0]["targetPort"] == "push"
+    assert docs[("Service", "keyrotor-events")]["spec"]["ports"][0]["targetPort"] == 8082
     rule = docs[("Ingress", "keyrotor-events")]["spec"]["rules"][0]
     assert rule["host"] == "keyrotor.example.com"
     assert rule["http"]["paths"][0]["path"] == "/events"
@@ -113,6 +113,49 @@ def test_event_push_values(helm: Path) -> None:
     plain = render(helm, VALUES["default"])
     assert ("Service", "keyrotor-events") not in plain
     assert "KEYROTOR_EVENT_MODE" not in container_env(plain)
+
+
+def test_event_push_service_follows_the_active_replica(helm: Path) -> None:
+    """The push Service has no selector: the active replica points its EndpointSlice at itself
+    (the flag, and its IP, name and namespace from the downward API), under a Role that grants
+    that one slice in the release's namespace."""
+    docs = render(helm, VALUES["event-push"])
+    service = docs[("Service", "keyrotor-events")]["spec"]
+    assert "selector" not in service
+    assert service["ports"] == [
+        {"name": "push", "port": 8082, "targetPort": 8082, "protocol": "TCP"}
+    ]
+    env = container_env(docs)
+    assert env["KEYROTOR_EVENT_PUSH_SERVICE"] == "keyrotor-events"
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    (container,) = docs[("Deployment", "keyrotor")]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "push", "containerPort": 8082, "protocol": "TCP"} in container["ports"]
+    role = docs[("Role", "keyrotor-event-push")]
+    assert role["metadata"]["namespace"] == "keyrotor-system"
+    assert role["rules"] == yaml.safe_load((CHART / "files" / "event-push-rules.yaml").read_text())
+    base = {
+        d["kind"]: d
+        for d in yaml.safe_load_all((ROOT / "deploy" / "base" / "event-push-rbac.yaml").read_text())
+    }
+    assert role["rules"] == base["Role"]["rules"]  # the kustomize file grants the same
+    binding = docs[("RoleBinding", "keyrotor-event-push")]
+    assert binding["roleRef"]["name"] == "keyrotor-event-push"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "keyrotor", "namespace": "keyrotor-system"}
+    ]
+    # The NetworkPolicy still lets the Ingress reach the listener's port.
+    ingress = docs[("NetworkPolicy", "keyrotor")]["spec"]["ingress"]
+    assert {"ports": [{"port": "push", "protocol": "TCP"}]} in ingress
+    # Without the chart's Service (your own in front of the pods), nothing of it.
+    own = render(helm, [*VALUES["event-push"], "eventMode.push.service.enabled=false"])
+    assert ("Service", "keyrotor-events") not in own
+    assert ("Role", "keyrotor-event-push") not in own
+    assert not {"KEYROTOR_EVENT_PUSH_SERVICE", "POD_IP"} & set(container_env(own))
+    plain = render(helm, VALUES["default"])
+    assert ("Role", "keyrotor-event-push") not in plain
+    assert "POD_IP" not in container_env(plain)
 
 
 @pytest.mark.parametrize(

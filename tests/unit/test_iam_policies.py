@@ -455,7 +455,11 @@ def _arn_matches_format(arn: str, pattern: str) -> bool:
     return re.fullmatch(regex, arn.replace("*", "x")) is not None
 
 
-@pytest.mark.parametrize("mode", [CREATED, GIVEN], ids=["created-role", "given-role"])
+@pytest.mark.parametrize(
+    "mode",
+    [CREATED, GIVEN, EVENTS, PUSH],
+    ids=["created-role", "given-role", "event-mode", "event-push"],
+)
 def test_actions_condition_keys_and_resources_are_valid_for_each_action(
     mode: policies.PolicyParams,
 ) -> None:
@@ -473,7 +477,11 @@ def test_actions_condition_keys_and_resources_are_valid_for_each_action(
                     assert any(_arn_matches_format(arn, f) for f in formats), (action, arn)
 
 
-@pytest.mark.parametrize("mode", [CREATED, GIVEN], ids=["created-role", "given-role"])
+@pytest.mark.parametrize(
+    "mode",
+    [CREATED, GIVEN, EVENTS, PUSH],
+    ids=["created-role", "given-role", "event-mode", "event-push"],
+)
 def test_cloudsplaining_finds_no_unrestricted_escalation_or_resource(
     mode: policies.PolicyParams,
 ) -> None:
@@ -626,7 +634,12 @@ def test_event_mode_reaches_only_its_own_rule_and_queue() -> None:
     operator = policies.operator_policy(EVENTS)
     rule = f"arn:aws:events:eu-west-1:{ACCOUNT}:rule/keyrotor-prod-secrets"
     queue = f"arn:aws:sqs:eu-west-1:{ACCOUNT}:keyrotor-prod-events"
-    for action in ("events:PutRule", "events:PutTargets", "events:DescribeRule"):
+    for action in (
+        "events:PutRule",
+        "events:PutTargets",
+        "events:DescribeRule",
+        "events:RemoveTargets",  # the other delivery's target, after a switch
+    ):
         assert allows(operator, action, rule)
         assert not allows(operator, action, rule.replace("-prod-", "-prod-eu-"))
         assert not allows(operator, action, rule.replace("rule/", "rule/other-bus/"))
@@ -675,7 +688,10 @@ def test_push_delivery_reaches_only_its_own_connection_destination_and_role() ->
     for action in ("events:CreateApiDestination", "events:UpdateApiDestination"):
         assert allows(operator, action, destination)
         assert not allows(operator, action, destination.replace("-prod-", "-pro-"))
-    assert allows(operator, "events:PutTargets", f"{base}:rule/keyrotor-prod-secrets")
+    for action in ("events:PutTargets", "events:RemoveTargets"):
+        assert allows(operator, action, f"{base}:rule/keyrotor-prod-secrets")
+        assert not allows(operator, action, f"{base}:rule/keyrotor-prod-eu-secrets")
+        assert not allows(operator, action, f"{base}:rule/other-bus/keyrotor-prod-secrets")
     # No queue, and no action on the secret EventBridge keeps the token in.
     assert not {a for a in policies.actions_of(operator) if a.startswith("sqs:")}
     assert not allows(

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from keyrotor.aws.clients import aws_errors, error_code
+from keyrotor.aws.eventing import PUSH_TARGET_ID
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
 
 TOKEN_HEADER = "X-Keyrotor-Token"  # noqa: S105  (the header's name, not a token)
-TARGET_ID = "keyrotor-push"
+TARGET_ID = PUSH_TARGET_ID  # the rule's target; ensuring it takes the queue's off (eventing)
 HTTP_METHOD = "POST"
 # Requests a second EventBridge may make to the operator: a burst of events waits in EventBridge
 # (and is retried there) rather than piling up in the operator.

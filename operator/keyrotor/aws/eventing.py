@@ -14,17 +14,26 @@ cloudtrail_log_entries.html), for secrets under this installation's prefix only:
 
 The queue (``keyrotor-<cluster>-events``) lets only this rule send to it (``aws:SourceArn``).
 A queue the user names (``--event-queue-url``) is used as it is: its policy is the user's.
+
+The rule has one keyrotor target, the delivery's: the queue (:data:`RULE_TARGET_ID`) or the API
+destination of push delivery (:data:`PUSH_TARGET_ID`, keyrotor.aws.api_destination). Ensuring one
+removes the other's, once the wanted one is in place, so an operator switched between deliveries
+stops feeding a queue no one reads or a listener that is gone. Only those two Ids are keyrotor's:
+a target with any other Id is someone else's and stays. What the other delivery made (its queue,
+or its connection and API destination) is left: see :func:`ensure_rule_target`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from keyrotor.aws.clients import aws_errors, error_code
+from keyrotor.aws.clients import ACCESS_DENIED_CODES, aws_errors, error_code, error_message
 from keyrotor.aws.policy_params import event_queue_name, event_rule_name
+from keyrotor.errors import KeyrotorError
 from keyrotor.secret_events import (
     API_CALL,
     API_CALL_EVENTS,
@@ -37,7 +46,11 @@ if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_sqs import SQSClient
 
-RULE_TARGET_ID = "keyrotor-events"
+log = logging.getLogger(__name__)
+
+RULE_TARGET_ID = "keyrotor-events"  # the queue's target (queue delivery)
+PUSH_TARGET_ID = "keyrotor-push"  # the API destination's target (push delivery)
+DELIVERY_TARGET_IDS = (RULE_TARGET_ID, PUSH_TARGET_ID)  # keyrotor's targets; no other Id is ours
 WAIT_TIME_SECONDS = 20  # SQS's longest long poll: one ReceiveMessage per 20 s when idle
 MAX_MESSAGES = 10  # SQS's largest batch
 VISIBILITY_TIMEOUT = 60  # a message not deleted (its check failed) comes back after this
@@ -180,19 +193,39 @@ def queue_arn(sqs: SQSClient, queue_url: str) -> str:
 
 @aws_errors("events")
 def ensure_rule(events: EventBridgeClient, target: EventTarget, queue: str) -> bool:
-    """The rule (pattern, enabled) and the queue (ARN ``queue``) as its target. True when
-    something was written."""
+    """The rule (pattern, enabled) and the queue (ARN ``queue``) as its target, push
+    delivery's target taken off. True when something was written."""
     return ensure_rule_target(events, target, {"Id": RULE_TARGET_ID, "Arn": queue})
 
 
-@aws_errors("events")
-def ensure_rule_target(
-    events: EventBridgeClient, target: EventTarget, wanted: Mapping[str, Any]
-) -> bool:
-    """The rule (pattern, enabled) and ``wanted`` (a target: Id, Arn, and what else it sets)
-    among its targets, compared field by field. True when something was written."""
+def other_delivery_targets(targets: Iterable[Mapping[str, Any]], wanted_id: str) -> list[str]:
+    """The Ids among the rule's ``targets`` that are keyrotor's other delivery's, given the
+    wanted target's Id. Any Id not in :data:`DELIVERY_TARGET_IDS` is someone else's."""
+    return [
+        str(t["Id"])
+        for t in targets
+        if t.get("Id") in DELIVERY_TARGET_IDS and t.get("Id") != wanted_id
+    ]
+
+
+def failed_entries(response: Mapping[str, Any], operation: str, rule: str) -> KeyrotorError | None:
+    """PutTargets and RemoveTargets answer 200 and list the entries they could not apply: those,
+    as an error (AWS's code and message, which name the target, never a value)."""
+    failed = list(response.get("FailedEntries") or [])
+    if not (response.get("FailedEntryCount") or failed):
+        return None
+    first = failed[0] if failed else {}
+    return KeyrotorError(
+        f"{operation} on rule {rule} failed for target {first.get('TargetId', '?')}: "
+        f"{first.get('ErrorCode', '')} {first.get('ErrorMessage', '')}".strip(),
+        service="events",
+        operation=operation,
+    )
+
+
+def _ensure_rule(events: EventBridgeClient, target: EventTarget) -> bool:
+    """The rule itself: this pattern, enabled. True when it was written."""
     pattern = event_pattern(target)
-    wrote = False
     try:
         rule = events.describe_rule(Name=target.rule_name)
     except Exception as exc:
@@ -200,20 +233,79 @@ def ensure_rule_target(
             raise
         rule = None
     if (
-        rule is None
-        or rule.get("State") != "ENABLED"
-        or not _same_json(rule.get("EventPattern"), pattern)
+        rule is not None
+        and rule.get("State") == "ENABLED"
+        and _same_json(rule.get("EventPattern"), pattern)
     ):
-        events.put_rule(
-            Name=target.rule_name,
-            EventPattern=json.dumps(pattern),
-            State="ENABLED",
-            Description=f"keyrotor {target.cluster_name}: rotation events of its secrets",
+        return False
+    events.put_rule(
+        Name=target.rule_name,
+        EventPattern=json.dumps(pattern),
+        State="ENABLED",
+        Description=f"keyrotor {target.cluster_name}: rotation events of its secrets",
+    )
+    return True
+
+
+def _remove_targets(events: EventBridgeClient, target: EventTarget, ids: list[str]) -> bool:
+    """Take these targets off the rule. A refusal (a policy from before RemoveTargets was in it)
+    leaves them with a warning and False: delivery itself works, so event mode goes on."""
+    try:
+        removed = events.remove_targets(Rule=target.rule_name, Ids=ids)
+    except Exception as exc:
+        if error_code(exc) not in ACCESS_DENIED_CODES:
+            raise
+        log.warning(
+            "event mode: rule %s still has keyrotor's other delivery's target %s (%s): give the "
+            "operator the policy keyrotor policy prints (events:RemoveTargets on the rule), or "
+            "remove it: aws events remove-targets --rule %s --ids %s",
+            target.rule_name,
+            ", ".join(ids),
+            error_message(exc),
+            target.rule_name,
+            " ".join(ids),
         )
-        wrote = True
+        return False
+    if error := failed_entries(removed, "RemoveTargets", target.rule_name):
+        raise error
+    return True
+
+
+@aws_errors("events")
+def ensure_rule_target(
+    events: EventBridgeClient, target: EventTarget, wanted: Mapping[str, Any]
+) -> bool:
+    """The rule (pattern, enabled) and ``wanted`` (a target: Id, one of
+    :data:`DELIVERY_TARGET_IDS`, Arn, and what else it sets) among its targets, compared field by
+    field; then keyrotor's other delivery's target taken off the rule (after the wanted one is in
+    place: no event is left without a keyrotor target in between). True when something was
+    written; nothing is written when all is as wanted (the targets are read once either way).
+
+    Only this rule (this installation's, this shard's) is touched, and on it only the other
+    delivery's Id. The other delivery's own resources are left as they are: deleting the queue
+    (``sqs:DeleteQueue``) or the connection and API destination (``events:Delete*``) from here
+    would put a delete permission on the other mode's resources into every installation's
+    policy for good, for a one-time switch, and deleting cannot be undone by a rollback.
+    README (Event mode, "Switching delivery") gives the commands."""
+    wanted_id = str(wanted["Id"])
+    if wanted_id not in DELIVERY_TARGET_IDS:
+        raise ValueError(f"not a keyrotor delivery target: {wanted_id!r}")
+    wrote = _ensure_rule(events, target)
     targets = events.list_targets_by_rule(Rule=target.rule_name).get("Targets", [])
+    stale = other_delivery_targets(targets, wanted_id)
     if not any(all(t.get(k) == v for k, v in wanted.items()) for t in targets):
-        events.put_targets(Rule=target.rule_name, Targets=[dict(wanted)])  # type: ignore[list-item]
+        new = [dict(wanted)]
+        put = events.put_targets(Rule=target.rule_name, Targets=new)  # type: ignore[arg-type]
+        if error := failed_entries(put, "PutTargets", target.rule_name):
+            raise error
+        wrote = True
+    if stale and _remove_targets(events, target, stale):
+        log.info(
+            "event mode: rule %s: took keyrotor's other delivery's target %s off (what that "
+            "delivery made is left; README: Event mode, switching delivery)",
+            target.rule_name,
+            ", ".join(stale),
+        )
         wrote = True
     return wrote
 

@@ -216,9 +216,17 @@ def _kms_statements(p: PolicyParams) -> list[dict[str, Any]]:
 
 
 def _event_rule_statement(p: PolicyParams) -> dict[str, Any]:
+    """Its own rule (each shard's): RemoveTargets takes the other delivery's target off it when
+    the delivery was switched (keyrotor.aws.eventing.ensure_rule_target)."""
     return statement(
         "EnsureItsOwnEventRule",
-        ["events:DescribeRule", "events:ListTargetsByRule", "events:PutRule", "events:PutTargets"],
+        [
+            "events:DescribeRule",
+            "events:ListTargetsByRule",
+            "events:PutRule",
+            "events:PutTargets",
+            "events:RemoveTargets",
+        ],
         _one_or_list(p.event_rule_arns),
     )
 

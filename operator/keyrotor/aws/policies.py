@@ -20,7 +20,8 @@ What each grants, and why (each action is one that the code calls; grep the boto
     give the role what the boundary allows. Given-role mode (``--lambda-role-arn``) has no
     role-writing action at all.
     Event mode (``--event-mode``) adds the EventBridge rule ``keyrotor-<cluster>-secrets``
-    (PutRule, DescribeRule, PutTargets, ListTargetsByRule: that rule only) and the SQS queue
+    (PutRule, DescribeRule, PutTargets, ListTargetsByRule, and RemoveTargets to take the other
+    delivery's target off after a switch: that rule only) and the SQS queue
     ``keyrotor-<cluster>-events`` (create it, read and put back its policy, receive and delete
     messages: that queue only); with a queue the user names (``--event-queue-url``), only
     GetQueueAttributes, ReceiveMessage and DeleteMessage on that queue. Push delivery
