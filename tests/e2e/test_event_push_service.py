@@ -12,7 +12,11 @@ loopback endpoints); the test stands in for kube-proxy with that map.
 - failover: the standby answers 503 and is not in the slice; the leader is SIGKILLed and the
   slice then names the new leader, which answers; every request the operators made to the slice
   was allowed and the Role's every rule was used (the audit log);
-- a slice of that name managed by something else is refused at start, and left as it was.
+- a slice of that name managed by something else is refused at start, and left as it was;
+- the Service owns the slice: deleting the Service deletes it (the garbage collector), and no
+  slice is written while the Service is missing; once it is back, so is the slice.
+
+Each test starts with the Service as the chart renders it (no selector).
 """
 
 from __future__ import annotations
@@ -119,11 +123,14 @@ def keyrotor(
         SERVICE,
         *LEASE_ARGS,
     )
+    delete_service(harness)
     delete_slice(harness)
+    create_service(harness, push_port)
     try:
         yield harness
     finally:
         harness.stop()
+        delete_service(harness)
         delete_slice(harness)
     assert TOKEN not in harness.all_logs()
 
@@ -135,6 +142,27 @@ def discovery(keyrotor: Harness) -> client.DiscoveryV1Api:
 def delete_slice(keyrotor: Harness) -> None:
     try:
         discovery(keyrotor).delete_namespaced_endpoint_slice(SERVICE, NAMESPACE)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def create_service(keyrotor: Harness, port: int) -> client.V1Service:
+    """The push Service as the chart renders it: no selector."""
+    return keyrotor.core.create_namespaced_service(
+        NAMESPACE,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name=SERVICE),
+            spec=client.V1ServiceSpec(
+                ports=[client.V1ServicePort(name="push", port=port, protocol="TCP")]
+            ),
+        ),
+    )
+
+
+def delete_service(keyrotor: Harness) -> None:
+    try:
+        keyrotor.core.delete_namespaced_service(SERVICE, NAMESPACE)
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -178,7 +206,7 @@ def slice_names(keyrotor: Harness, pod: str, port: int) -> client.V1EndpointSlic
         )
         return found if matches else None
 
-    return keyrotor.wait(probe, 60, f"the slice naming {pod}")
+    return keyrotor.wait(probe, 90, f"the slice naming {pod}")
 
 
 def post_via_slice(keyrotor: Harness, port: int) -> int:
@@ -204,11 +232,13 @@ def post(address: str, port: int) -> int:
         connection.close()
 
 
-def slice_requests(keyrotor: Harness, start: int) -> list[dict[str, Any]]:
+def slice_requests(
+    keyrotor: Harness, start: int, resource: str = "endpointslices"
+) -> list[dict[str, Any]]:
     return [
         e
         for e in audit_events(keyrotor.kube, start, OPERATOR_USER)
-        if e["objectRef"].get("resource") == "endpointslices"
+        if e["objectRef"].get("resource") == resource
     ]
 
 
@@ -266,6 +296,11 @@ def test_failover_moves_the_slice_to_the_new_leader(keyrotor: Harness, push_port
     assert {e["objectRef"].get("namespace") for e in requests} == {NAMESPACE}
     assert {e["objectRef"].get("name") for e in requests} == {SERVICE}
     assert {e["verb"] for e in requests} == {"get", "create", "update"}
+    services = slice_requests(keyrotor, start, "services")  # the owner's uid
+    assert services and {(e["verb"], e["objectRef"].get("name")) for e in services} == {
+        ("get", SERVICE)
+    }
+    assert {e["responseStatus"]["code"] for e in services} == {200}
 
 
 def test_a_foreign_slice_of_that_name_is_refused_and_left_alone(
@@ -300,3 +335,26 @@ def test_a_foreign_slice_of_that_name_is_refused_and_left_alone(
     assert after.metadata.resource_version == foreign.metadata.resource_version
     assert after.endpoints[0].addresses == ["192.0.2.99"]
     assert {e["verb"] for e in slice_requests(keyrotor, start)} == {"get"}
+
+
+def test_the_slice_goes_with_its_service_and_comes_back_with_it(
+    keyrotor: Harness, push_port: int
+) -> None:
+    service = keyrotor.core.read_namespaced_service(SERVICE, NAMESPACE)
+    leader = start_pod(keyrotor, "keyrotor-a", "a")
+    assert leader.wait_for_log("is the leader"), leader.logs()[-3000:]
+    owned = slice_names(keyrotor, "keyrotor-a", push_port)
+    owners = [(o.kind, o.name, o.uid) for o in owned.metadata.owner_references or []]
+    assert owners == [("Service", SERVICE, service.metadata.uid)]
+
+    # The Service goes (helm uninstall): the garbage collector takes its slice with it, and the
+    # leader's next check writes none (it would outlive the uninstall).
+    delete_service(keyrotor)
+    keyrotor.wait(lambda: read_slice(keyrotor) is None, what="the slice deleted with its Service")
+    assert leader.wait_for_log(f"Service {NAMESPACE}/{SERVICE} not found", timeout=90)
+    assert read_slice(keyrotor) is None
+
+    # The Service is back: so is the slice, owned by the new Service.
+    again = create_service(keyrotor, push_port)
+    back = slice_names(keyrotor, "keyrotor-a", push_port)
+    assert [o.uid for o in back.metadata.owner_references or []] == [again.metadata.uid]

@@ -143,6 +143,26 @@ def test_the_update_keeps_the_version_and_others_labels() -> None:
     assert stored["endpoints"][0]["addresses"] == ["10.9.9.9"]  # the observed body is untouched
 
 
+def test_the_service_owns_the_slice_once_it_exists() -> None:
+    owned = wanted_slice(ENDPOINT, service_uid="svc-uid")
+    assert owned["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Service", "name": "keyrotor-events", "uid": "svc-uid"}
+    ]
+    assert "ownerReferences" not in wanted_slice(ENDPOINT)["metadata"]
+    unowned = as_stored(wanted_slice(ENDPOINT))
+    assert differs(unowned, owned)  # the Service appeared: the slice gets its owner
+    assert not differs(as_stored(owned), wanted_slice(ENDPOINT))  # no Service: owners not judged
+    recreated = wanted_slice(ENDPOINT, service_uid="new-uid")
+    assert differs(as_stored(owned), recreated)  # the Service was recreated
+    stored = as_stored(owned)
+    stored["metadata"]["ownerReferences"].append(
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x", "uid": "d"}
+    )
+    body = updated_slice(stored, recreated)
+    assert [o["uid"] for o in body["metadata"]["ownerReferences"]] == ["d", "new-uid"]
+    assert not differs(body, recreated)
+
+
 @pytest.mark.parametrize(
     ("labels", "foreign"),
     [

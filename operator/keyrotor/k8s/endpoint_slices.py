@@ -6,7 +6,9 @@ growing retry delays).
 The Service has no selector, so no controller of Kubernetes writes its endpoints; the slice is
 named after the Service and carries ``kubernetes.io/service-name`` (what kube-proxy and Ingress
 controllers follow) and ``endpointslice.kubernetes.io/managed-by: keyrotor.io`` (what makes it
-keyrotor's own). Check, then write: the slice is read, and written only when it differs from the
+keyrotor's own); the Service owns it (an ownerReference), so it goes with the Service, and
+none is written while the Service is missing (one written then would outlive an uninstall).
+Check, then write: the slice is read, and written only when it differs from the
 wanted one (a leader that restarts writes nothing); a slice of that name managed by anything else
 is refused and left as it was. During a failover the slice names the dead leader until the new
 one takes over (bounded by the lease duration); EventBridge's retries cover that.
@@ -23,7 +25,7 @@ from typing import Any
 
 from kubernetes import client
 
-from keyrotor.errors import ConflictError, failure_for
+from keyrotor.errors import ConflictError, NotFoundError, failure_for
 from keyrotor.k8s.client import is_status, kube_errors
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ RETRY = 5.0  # seconds before a failed check is tried again
 
 class ForeignSliceError(ConflictError):
     """An EndpointSlice of the Service's name exists and is not keyrotor's."""
+
+
+class ServiceMissingError(NotFoundError):
+    """The Service is not there: no slice is written for it (it would outlive the Service)."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,16 @@ def address_type(ip: str) -> str:
     return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
 
 
-def wanted_slice(endpoint: PushEndpoint) -> dict[str, Any]:
-    """The slice that sends the Service's traffic to ``endpoint`` alone."""
+def service_owner(endpoint: PushEndpoint, uid: str) -> dict[str, Any]:
+    """The Service as the slice's owner (as the EndpointSlice controller sets it), so that the
+    slice goes with the Service (helm uninstall). No blockOwnerDeletion: that would need a
+    right on the Service's finalizers."""
+    return {"apiVersion": "v1", "kind": "Service", "name": endpoint.service, "uid": uid}
+
+
+def wanted_slice(endpoint: PushEndpoint, service_uid: str | None = None) -> dict[str, Any]:
+    """The slice that sends the Service's traffic to ``endpoint`` alone, owned by the Service
+    when it exists (``service_uid``)."""
     address: dict[str, Any] = {
         "addresses": [str(ipaddress.ip_address(endpoint.ip))],  # canonical, as the API wants
         "conditions": {"ready": True},
@@ -71,14 +85,17 @@ def wanted_slice(endpoint: PushEndpoint) -> dict[str, Any]:
             "name": endpoint.pod_name,
             "namespace": endpoint.namespace,
         }
+    metadata: dict[str, Any] = {
+        "name": endpoint.service,
+        "namespace": endpoint.namespace,
+        "labels": {SERVICE_NAME_LABEL: endpoint.service, MANAGED_BY_LABEL: MANAGED_BY},
+    }
+    if service_uid:
+        metadata["ownerReferences"] = [service_owner(endpoint, service_uid)]
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {
-            "name": endpoint.service,
-            "namespace": endpoint.namespace,
-            "labels": {SERVICE_NAME_LABEL: endpoint.service, MANAGED_BY_LABEL: MANAGED_BY},
-        },
+        "metadata": metadata,
         "addressType": address_type(endpoint.ip),
         "endpoints": [address],
         "ports": [{"name": PORT_NAME, "port": endpoint.port, "protocol": "TCP"}],
@@ -112,13 +129,21 @@ def _ports(body: dict[str, Any]) -> list[tuple[Any, ...]]:
     ]
 
 
+def _owner_missing(observed: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """The wanted owner (the Service, when it exists) is not among the slice's owners."""
+    uids = {o.get("uid") for o in (observed.get("metadata") or {}).get("ownerReferences") or []}
+    return any(o["uid"] not in uids for o in wanted["metadata"].get("ownerReferences") or [])
+
+
 def differs(observed: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Whether the observed slice sends traffic elsewhere than the wanted one (only what keyrotor
-    sets counts: the API server's defaults and others' labels do not)."""
+    """Whether the observed slice sends traffic elsewhere than the wanted one, or lacks its
+    owner (only what keyrotor sets counts: the API server's defaults, others' labels and
+    owners do not)."""
     labels = (observed.get("metadata") or {}).get("labels") or {}
     wanted_labels = wanted["metadata"]["labels"]
     return (
         any(labels.get(key) != value for key, value in wanted_labels.items())
+        or _owner_missing(observed, wanted)
         or observed.get("addressType") != wanted["addressType"]
         or _endpoints(observed) != _endpoints(wanted)
         or _ports(observed) != _ports(wanted)
@@ -132,6 +157,13 @@ def updated_slice(observed: dict[str, Any], wanted: dict[str, Any]) -> dict[str,
     metadata = body.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **wanted["metadata"]["labels"]}
     metadata.pop("managedFields", None)
+    if wanted["metadata"].get("ownerReferences"):  # the Service now, instead of an older one
+        others = [
+            o
+            for o in metadata.get("ownerReferences") or []
+            if (o.get("kind"), o.get("name")) != ("Service", metadata.get("name"))
+        ]
+        metadata["ownerReferences"] = others + wanted["metadata"]["ownerReferences"]
     body["endpoints"] = wanted["endpoints"]
     body["ports"] = wanted["ports"]
     return body
@@ -142,7 +174,19 @@ class EndpointSlices:
 
     def __init__(self, api_client: Any) -> None:
         self.api = client.DiscoveryV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
         self._serialize = api_client.sanitize_for_serialization
+
+    @kube_errors
+    def service_uid(self, namespace: str, name: str) -> str | None:
+        """The Service's uid; None when there is no such Service (yet)."""
+        try:
+            service = self.core.read_namespaced_service(name, namespace)
+        except client.ApiException as exc:
+            if is_status(exc, 404):
+                return None
+            raise
+        return str(service.metadata.uid)
 
     @kube_errors
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -172,8 +216,16 @@ def check_not_foreign(slices: EndpointSlices, endpoint: PushEndpoint) -> None:
 
 def ensure_slice(slices: EndpointSlices, endpoint: PushEndpoint) -> bool:
     """Make the slice point at ``endpoint``; True when something was written. A foreign slice
-    raises ForeignSliceError before any write; a concurrent write, ConflictError (look again)."""
-    wanted = wanted_slice(endpoint)
+    raises ForeignSliceError and a missing Service ServiceMissingError, before any write; a
+    concurrent write, ConflictError (look again)."""
+    service_uid = slices.service_uid(endpoint.namespace, endpoint.service)
+    if service_uid is None:
+        raise ServiceMissingError(
+            f"Service {endpoint.namespace}/{endpoint.service} not found: no EndpointSlice is "
+            f"written for it until it exists (create it with no selector)",
+            service="kubernetes",
+        )
+    wanted = wanted_slice(endpoint, service_uid)
     observed = slices.read(endpoint.namespace, endpoint.service)
     if observed is None:
         slices.create(endpoint.namespace, wanted)
@@ -207,6 +259,9 @@ def keep_slice(
             wait = recheck
         except ForeignSliceError as exc:  # a person must act: said at each recheck
             log.error("event push: %s", exc)
+            wait = recheck
+        except ServiceMissingError as exc:  # not yet, or being uninstalled
+            log.warning("event push: %s", exc)
             wait = recheck
         except Exception as exc:  # tried again; the sweep covers events lost meanwhile
             log.warning("event push: %s: %s", endpoint.describe(), failure_for(exc).message)
