@@ -132,7 +132,12 @@ class Observation:
     claims: tuple[Any, ...] = ()  # tenancy.Claim of every object that wants this user
     lambda_arn: str | None = None  # the installation's function, once ensured
     secret: Observed | None = None
+    # Seconds since each AWSPENDING version (not AWSCURRENT) was created, as the gather measured
+    # them (None: not known): whether its rotation is still running or stuck.
     pending_ages: Mapping[str, float | None] = field(default_factory=dict)
+    # When each of those versions was created (ListSecretVersionIds), where known: when its
+    # rotation began, which tells the rotation's own half-made key from another's.
+    pending_created: Mapping[str, datetime] = field(default_factory=dict)
     target: TargetView | None = None
     key: KeyView | None = None
     # What IAM's credential report says of the mirrored key (status.accessKeyId) when it is not

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from keyrotor.conditions import Condition, find_condition, isoformat
@@ -100,7 +100,7 @@ def secret_step(spec: Spec, obs: Observation) -> CreateSecret | AdoptSecret | No
     return None
 
 
-def stuck_rotations(obs: Observation, now: datetime) -> tuple[bool, list[ClearPending]]:
+def stuck_rotations(obs: Observation) -> tuple[bool, list[ClearPending]]:
     """A rotation is running (its AWSPENDING version is younger than stuck_after), or stuck:
     its AWSPENDING label is cleared so that rotation can go on."""
     secret = obs.secret
@@ -114,7 +114,7 @@ def stuck_rotations(obs: Observation, now: datetime) -> tuple[bool, list[ClearPe
             ClearPending(
                 arn=secret.arn if secret else "",
                 version_id=version,
-                event=key_in_use(obs, now - timedelta(seconds=age or 0))
+                event=key_in_use(obs, obs.pending_created.get(version))
                 or warning(
                     Reason.ROTATION_STUCK,
                     f"rotation to version {version} did not finish; cleared its AWSPENDING label "
@@ -125,11 +125,18 @@ def stuck_rotations(obs: Observation, now: datetime) -> tuple[bool, list[ClearPe
     return running, clear
 
 
-def key_in_use(obs: Observation, started: datetime) -> Event | None:
+def key_in_use(obs: Observation, started: datetime | None) -> Event | None:
     """The two-key limit stopped the rotation (started at ``started``): besides the mirrored key
     the user has another Active key, older than the rotation (a key the rotation itself made is
     newer) and not this object's previous key, which the Lambda refuses to delete (it may be in
-    use). Say which, and what to do; keyrotor deletes nothing."""
+    use). Say which, and what to do; keyrotor deletes nothing.
+
+    ``started`` is the pending version's creation as AWS reports it (None: not known, and so
+    neither which key the rotation made: no such claim). Never the decision's clock minus the
+    version's age: the age is measured when the decision gathers, and the reads between that
+    and the plan can take seconds under load, which made the rotation's own key look older."""
+    if started is None:
+        return None
     status = obs.obj.status
     ours = {status.get("accessKeyId"), (status.get("previousKey") or {}).get("accessKeyId")}
     before = started.replace(microsecond=0)
@@ -264,7 +271,7 @@ def _admitted(spec: Spec, obs: Observation, now: datetime, result: Plan) -> Plan
     secret = obs.secret
     assert secret is not None and obs.lambda_arn  # the steps above made both
     result.facts.update(lambdaArn=obs.lambda_arn, secretArn=secret.arn, **schedule_facts(secret))
-    running, clear = stuck_rotations(obs, now)
+    running, clear = stuck_rotations(obs)
     configure = None if clear else rotation_config_step(spec, obs, running=running)
     if clear or configure:
         result.actions.extend([*clear, *([configure] if configure else [])])

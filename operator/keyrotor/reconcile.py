@@ -149,7 +149,9 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec, reads: Reads | None = None)
     secret = reads.once(
         DESCRIBED, lambda: secrets.describe(rt.aws.secretsmanager, spec.secret_name)
     )
-    ages = _pending_ages(rt, secret, reads)
+    created = _pending_created(rt, secret, reads)
+    now = rt.clock()
+    ages = {v: (now - when).total_seconds() if when else None for v, when in created.items()}
     stuck = any(age is None or age >= settings.stuck_after for age in ages.values())
     # A rotation that stopped: the user's keys say whether the two-key limit stopped it.
     user_keys = (
@@ -164,6 +166,7 @@ def gather(rt: Runtime, obj: ObjectView, spec: Spec, reads: Reads | None = None)
         lambda_arn=rt.installation.known_lambda_arn(),
         secret=secret,
         pending_ages=ages,
+        pending_created={v: when for v, when in created.items() if when is not None},
         target=reads.once(TARGET, partial(_inspect_target, rt, obj, spec)),
         dead_key=_dead_key(rt, obj),
         user_keys=user_keys,
@@ -183,20 +186,18 @@ def _inspect_target(rt: Runtime, obj: ObjectView, spec: Spec) -> TargetView:
     )
 
 
-def _pending_ages(rt: Runtime, secret: Observed | None, reads: Reads) -> dict[str, float | None]:
-    """Seconds since each AWSPENDING version (not AWSCURRENT) was created; None: unknown."""
+def _pending_created(
+    rt: Runtime, secret: Observed | None, reads: Reads
+) -> dict[str, datetime | None]:
+    """When each AWSPENDING version (not AWSCURRENT) was created; None: unknown."""
     if secret is None:
         return {}
-    arn, now = secret.arn, rt.clock()
+    arn = secret.arn
 
     def created(version: str) -> datetime | None:
         return secrets.version_created(rt.aws.secretsmanager, secret_id=arn, version_id=version)
 
-    ages: dict[str, float | None] = {}
-    for version in secret.stuck_pending:
-        when = reads.once((CREATED, version), partial(created, version))
-        ages[version] = (now - when).total_seconds() if when else None
-    return ages
+    return {v: reads.once((CREATED, v), partial(created, v)) for v in secret.stuck_pending}
 
 
 def _dead_key(rt: Runtime, obj: ObjectView) -> str | None:

@@ -673,16 +673,61 @@ def test_rotation_stopped_by_another_active_key_says_which_and_what_to_do() -> N
     stuck = secret(pending_versions=["v3"], versions=["v2", "v3"])
     old = NOW - timedelta(days=30)
     keys = {"AKIA2": ("Active", old), "AKIAFOREIGN": ("Active", old)}
-    obs = observe(secret=stuck, pending_ages={"v3": 1000.0}, user_keys=keys)
+    made_at = {"v3": NOW - timedelta(seconds=1000)}
+    obs = observe(
+        secret=stuck, pending_ages={"v3": 1000.0}, pending_created=made_at, user_keys=keys
+    )
     plan = policies.plan(spec(), obs, NOW)
     assert kinds(plan) == [ClearPending]
     event = plan.actions[0].event
     assert event is not None and event.reason == Reason.KEY_IN_USE
     assert "AKIAFOREIGN" in event.message and "update-access-key" in event.message
     # Only the mirrored and the previous key: an ordinary stuck rotation.
-    ours = observe(secret=stuck, pending_ages={"v3": 1000.0}, user_keys={"AKIA2": ("Active", old)})
+    ours = observe(
+        secret=stuck,
+        pending_ages={"v3": 1000.0},
+        pending_created=made_at,
+        user_keys={"AKIA2": ("Active", old)},
+    )
     assert policies.plan(spec(), ours, NOW).actions[0].event.reason == Reason.ROTATION_STUCK  # type: ignore[union-attr]
     # The rotation's own half-made key (newer than its pending version) is not someone else's.
     made = {"AKIA2": ("Active", old), "AKIANEW": ("Active", NOW - timedelta(seconds=900))}
-    own = observe(secret=stuck, pending_ages={"v3": 1000.0}, user_keys=made)
+    own = observe(
+        secret=stuck, pending_ages={"v3": 1000.0}, pending_created=made_at, user_keys=made
+    )
     assert policies.plan(spec(), own, NOW).actions[0].event.reason == Reason.ROTATION_STUCK  # type: ignore[union-attr]
+
+
+def test_a_stuck_rotations_own_key_is_told_by_its_versions_creation_not_the_decisions_clock() -> (
+    None
+):
+    """A key is someone else's (KeyInUse) only when it is older than the stuck rotation, which
+    began when its AWSPENDING version was created. The ages were measured when the decision
+    gathered them; the plan's clock comes after the decision's other reads (ListAccessKeys
+    retried while IAM throttles, a slow API server), seconds later under load. The rotation's
+    start, taken as the plan's clock minus the age, moved by that much, and the rotation's own
+    half-made key, made a second after its version, was reported as a foreign key in use (CI
+    run 16: no RotationStuck)."""
+    stuck = secret(pending_versions=["v3"], versions=["v2", "v3"])
+    gathered = NOW - timedelta(seconds=5)  # the plan runs 5 s after the ages were measured
+    created = gathered - timedelta(seconds=1000)
+    old = NOW - timedelta(days=30)
+    own_key = {"AKIA2": ("Active", old), "AKIANEW": ("Active", created + timedelta(seconds=1))}
+    obs = observe(
+        secret=stuck,
+        pending_ages={"v3": 1000.0},
+        pending_created={"v3": created},
+        user_keys=own_key,
+    )
+    event = policies.plan(spec(), obs, NOW).actions[0].event
+    assert event is not None and event.reason == Reason.ROTATION_STUCK
+    # A key older than the version is another's, however late the plan runs.
+    foreign = {**own_key, "AKIAFOREIGN": ("Active", created - timedelta(seconds=1))}
+    event = policies.plan(spec(), replace(obs, user_keys=foreign), NOW).actions[0].event
+    assert event is not None and event.reason == Reason.KEY_IN_USE
+    assert "AKIAFOREIGN" in event.message and "AKIANEW" not in event.message
+    # When the version's creation is not known, which key the rotation made is not known
+    # either: cleared as stuck, with no claim that a key is someone else's.
+    unknown = replace(obs, pending_ages={"v3": None}, pending_created={}, user_keys=foreign)
+    event = policies.plan(spec(), unknown, NOW).actions[0].event
+    assert event is not None and event.reason == Reason.ROTATION_STUCK
