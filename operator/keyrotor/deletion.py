@@ -13,8 +13,9 @@ from keyrotor.aws import secrets
 from keyrotor.executor import Done, execute
 from keyrotor.k8s import objects
 from keyrotor.model import FINALIZER, SpecError
+from keyrotor.observation import object_view
 from keyrotor.outcome import ReleaseClaim
-from keyrotor.reconcile import object_view, parse
+from keyrotor.reconcile import parse
 from keyrotor.runtime import Runtime
 from keyrotor.status import post_events
 from keyrotor.tenancy import claim_value

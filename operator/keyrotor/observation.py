@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from keyrotor.model import FINALIZER, Spec
+from keyrotor.model import END_GRACE_ANNOTATION, FINALIZER, ROTATE_NOW_ANNOTATION, Spec
 
 
 def deterministic_token(*parts: str) -> str:
@@ -145,3 +145,20 @@ class Observation:
     dead_key: str | None = None
     # The user's access keys (status, CreateDate), read only when a stuck rotation is cleared.
     user_keys: Mapping[str, tuple[str, datetime]] = field(default_factory=dict)
+
+
+def object_view(body: Mapping[str, Any]) -> ObjectView:
+    """The object's body as a decision reads it."""
+    metadata = body["metadata"]
+    return ObjectView(
+        namespace=metadata["namespace"],
+        name=metadata["name"],
+        uid=metadata["uid"],
+        created=str(metadata.get("creationTimestamp", "")),
+        generation=metadata.get("generation"),
+        resource_version=str(metadata.get("resourceVersion", "")),
+        rotate_now=(metadata.get("annotations") or {}).get(ROTATE_NOW_ANNOTATION),
+        end_grace=(metadata.get("annotations") or {}).get(END_GRACE_ANNOTATION),
+        status=dict(body.get("status") or {}),
+        finalizers=tuple(metadata.get("finalizers") or ()),
+    )

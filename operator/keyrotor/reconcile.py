@@ -27,10 +27,8 @@ from keyrotor.k8s import objects
 from keyrotor.k8s import secrets as target_secrets
 from keyrotor.mirroring import target_is_foreign
 from keyrotor.model import (
-    END_GRACE_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
-    ROTATE_NOW_ANNOTATION,
     TAG_CLUSTER,
     TAG_IAM_USER,
     TAG_INSTALLATION,
@@ -52,12 +50,13 @@ from keyrotor.observation import (
     TargetView,
     UserView,
     initial_version_id,
+    object_view,
 )
-from keyrotor.outcome import ConfigureRotation, Plan, RequestRotation, warning
+from keyrotor.outcome import ConfigureRotation, Event, Plan, RequestRotation, warning
 from keyrotor.reads import CREATED, DESCRIBED, TARGET, USER, USER_KEYS, VALUE, Reads
 from keyrotor.runtime import Runtime
 from keyrotor.secret_events import names_secret
-from keyrotor.status import commit, kopf_bookkeeping_only
+from keyrotor.status import commit, kopf_bookkeeping_only, post_events
 from keyrotor.tenancy import authorization_problem
 
 log = logging.getLogger(__name__)
@@ -66,22 +65,6 @@ MAX_STEPS = 6  # claim, installation, secret, stuck cleared, rotation configured
 MAX_CONFLICTS = 5
 # Facts that hold whatever the actions did; the others count only when every action succeeded.
 OBSERVED_FACTS = ("effective", "lambdaArn", "secretArn", "lastRotationTime", "nextRotationTime")
-
-
-def object_view(body: Mapping[str, Any]) -> ObjectView:
-    metadata = body["metadata"]
-    return ObjectView(
-        namespace=metadata["namespace"],
-        name=metadata["name"],
-        uid=metadata["uid"],
-        created=str(metadata.get("creationTimestamp", "")),
-        generation=metadata.get("generation"),
-        resource_version=str(metadata.get("resourceVersion", "")),
-        rotate_now=(metadata.get("annotations") or {}).get(ROTATE_NOW_ANNOTATION),
-        end_grace=(metadata.get("annotations") or {}).get(END_GRACE_ANNOTATION),
-        status=dict(body.get("status") or {}),
-        finalizers=tuple(metadata.get("finalizers") or ()),
-    )
 
 
 def parse(rt: Runtime, body: Mapping[str, Any]) -> Spec:
@@ -324,6 +307,7 @@ def converge(
     with rt.index.lock(namespace, name):
         body = objects.get_object(rt.kube, namespace, name)
         decision: Decision | None = None
+        owed: list[Event] = []  # the Events of what a decision decided again had done
         for _attempt in range(MAX_CONFLICTS):
             if body is not None and body["metadata"].get("deletionTimestamp"):
                 return  # finalize's turn
@@ -333,13 +317,18 @@ def converge(
             decision = decision or decide_and_act(rt, body, observed)
             observed = None  # after a conflict, everything is read again
             try:
-                _record(rt, body, decision)
+                _record(rt, body, decision, owed)
                 return
             except errors.ConflictError:  # changed since read: decide again, unless all that
                 fresh = objects.get_object(rt.kube, namespace, name)  # changed is kopf's own
-                decision = decision if fresh and kopf_bookkeeping_only(body, fresh) else None
+                if not (fresh and kopf_bookkeeping_only(body, fresh)):
+                    # Its actions happened all the same: their Events are still owed.
+                    owed = _without_repeats([*owed, *decision.done.events])
+                    decision = None
                 body = fresh
         log.info("%s/%s kept changing; deciding again later", namespace, name)
+        if owed and body is not None:
+            post_events(rt, body, owed)
 
 
 def forget(rt: Runtime, namespace: str, name: str, uid: str) -> None:
@@ -353,18 +342,24 @@ def forget(rt: Runtime, namespace: str, name: str, uid: str) -> None:
     log.info("%s/%s left %s: no longer served here", namespace, name, rt.settings.shard.describe())
 
 
-def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision) -> None:
+def _without_repeats(events: list[Event]) -> list[Event]:
+    return list(dict.fromkeys(events))
+
+
+def _record(rt: Runtime, body: Mapping[str, Any], decision: Decision, owed: list[Event]) -> None:
+    """Status and Events from ``decision``; ``owed``: the Events of actions that decisions
+    decided again (after a conflict) had done, posted with this one's."""
     plan, done, failure = decision.plan, decision.done, decision.failure
     if plan.log_detail:
         metadata = body["metadata"]
         log.info("%s/%s refused: %s", metadata["namespace"], metadata["name"], plan.log_detail)
     ready = plan.ready
     facts = {**plan.facts, **done.facts}
-    events = [*done.events, *plan.events]
+    events = _without_repeats([*owed, *done.events, *plan.events])
     if failure is not None:
         ready = Condition(ConditionType.READY, False, failure.reason, failure.message)
         facts = {k: v for k, v in plan.facts.items() if k in OBSERVED_FACTS} | done.facts
-        events = list(done.events)
+        events = _without_repeats([*owed, *done.events])
         if isinstance(done.failed, RequestRotation | ConfigureRotation):
             events.append(
                 warning(

@@ -183,3 +183,59 @@ def test_status_written_from_a_stale_read_is_refused(
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def test_events_of_a_decision_that_lost_its_status_write_are_still_posted(
+    runtime: Runtime, aws: Any, kube_admin_api: Any, namespace: str, monkeypatch: Any
+) -> None:
+    """A decision acts, then its status write meets a real change to the object (409): it is
+    decided again from the fresh object, and the Events of what the first one did are posted
+    all the same, once (the second decision finds the rotation requested and requests none)."""
+    rt = runtime
+    user = f"user-{uuid.uuid4().hex[:10]}"
+    aws.create_iam_user(user, tags={"keyrotor.io/namespaces": namespace})
+    _object(kube_admin_api, namespace, user, rt)
+    reconcile.converge(rt, namespace, "app")
+    aws.wait_for_rotations(timeout=60)
+    reconcile.converge(rt, namespace, "app")
+    arn = _status(rt, namespace)["secretArn"]
+    custom = client.CustomObjectsApi(kube_admin_api)
+    custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "app",
+        {"metadata": {"annotations": {"keyrotor.io/rotate-now": "1"}}},
+    )
+    rotations_before = len(aws.rotations_of(arn))
+    real_patch_status = objects.patch_status
+    edits = []
+
+    def patch_status_after_an_edit(*args: Any, **kwargs: Any) -> Any:
+        if not edits:  # someone edits the object between the decision's read and its write
+            edits.append(
+                custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    "app",
+                    {"metadata": {"labels": {"edited": "yes"}}},
+                )
+            )
+        return real_patch_status(*args, **kwargs)
+
+    monkeypatch.setattr(objects, "patch_status", patch_status_after_an_edit)
+    reconcile.converge(rt, namespace, "app")
+
+    assert edits, "the status write never ran"
+    requested = [
+        m
+        for r, m in _events(kube_admin_api, namespace)
+        if r == "RotationRequested" and "rotate-now" in m
+    ]
+    assert len(requested) == 1, _events(kube_admin_api, namespace)
+    assert _status(rt, namespace)["rotateNowHandled"] == "1"
+    aws.wait_for_rotations(timeout=60)
+    assert len(aws.rotations_of(arn)) == rotations_before + 1  # requested once
