@@ -19,6 +19,7 @@ from kubernetes.config import kube_config
 from keyrotor import claims, handlers
 from keyrotor.claims import ClaimsMap
 from keyrotor.installation import Installation, Target
+from keyrotor.k8s import objects
 from keyrotor.k8s.client import KubeApis
 from keyrotor.model import GROUP, KIND, PLURAL, VERSION
 from keyrotor.runtime import Runtime
@@ -178,6 +179,16 @@ def test_lists_exactly_the_namespaces_kopf_watches(
     finally:
         for name in names:
             core.delete_namespace(name)
+
+
+def test_the_list_goes_page_by_page_to_the_last(
+    kube: KubeApis, namespace: str, admin: client.CustomObjectsApi, monkeypatch: Any
+) -> None:
+    """Pages are small (a page's decoding stays resident in the allocator); every page is read."""
+    monkeypatch.setattr(objects, "LIST_PAGE_SIZE", 2)
+    uids = {_create(admin, namespace, f"app-{i}", f"svc-{i}") for i in range(5)}
+    found, namespaces = claims.list_claims(kube, (namespace,), Shard())
+    assert set(found) == uids and namespaces == [namespace]
 
 
 def test_an_object_deleted_before_kopfs_first_list_leaves_the_map(

@@ -78,7 +78,10 @@ def kube_system_uid(kube: KubeApis) -> str:
     return str(namespace.metadata.uid)
 
 
-LIST_PAGE_SIZE = 500  # objects per page of a list (kubectl's page size)
+# Objects per page of a list. A page of 500 objects with their status is about 3 MB of JSON and
+# several times that decoded, and what a page leaves behind in the allocator stays resident:
+# 100 keeps a list over 10,000 objects (the claims map's, every 30 minutes) from raising RSS.
+LIST_PAGE_SIZE = 100
 
 
 @kube_errors
