@@ -23,6 +23,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from keyrotor.k8s.objects import LIST_PAGE_SIZE
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import OPERATOR_USER, KubeApiServer
 from tests.fixtures.operator import Harness
@@ -222,7 +223,8 @@ def test_cluster_wide_rbac_is_used_and_enough(harness: Harness) -> None:
     assert all(
         query.get("labelSelector") == ["app.kubernetes.io/managed-by=keyrotor"] for query in secrets
     )
-    assert any(query.get("limit") == ["500"] for query in listed(events, "accesskeyrotations"))
+    page = [str(LIST_PAGE_SIZE)]
+    assert any(query.get("limit") == page for query in listed(events, "accesskeyrotations"))
 
 
 def listed(events: list[dict[str, Any]], resource: str) -> list[dict[str, list[str]]]:
