@@ -368,39 +368,14 @@ def _restart(harness: Harness, *args: str) -> Metrics:
 def _restart_push(harness: Harness) -> tuple[Metrics, int]:
     """The operator again, with push delivery to a listener on loopback (the role EventBridge
     would use made from keyrotor's own documents)."""
-    from keyrotor.aws import policies
+    from tests.fixtures.operator import event_push_role, push_flags
 
-    params = policies.PolicyParams(
-        cluster_name=harness.cluster_name,
-        region=harness.aws.region,
-        account_id=harness.aws.account_id,
-        event_mode=True,
-        event_push=True,
-    )
-    iam = harness.aws.client("iam")
-    name = f"keyrotor-{harness.cluster_name}-event-push"
-    role = iam.create_role(
-        RoleName=name,
-        AssumeRolePolicyDocument=json.dumps(policies.event_push_trust_policy(params)),
-    )["Role"]["Arn"]
-    iam.put_role_policy(
-        RoleName=name,
-        PolicyName="invoke",
-        PolicyDocument=json.dumps(policies.event_push_role_policy(params)),
-    )
+    role = event_push_role(harness)
     harness.env["KEYROTOR_EVENT_PUSH_TOKEN"] = PUSH_TOKEN
     port = free_port()
     metrics = _restart(
         harness,
-        "--event-mode",
-        "--event-delivery",
-        "push",
-        "--event-push-port",
-        str(port),
-        "--event-push-url",
-        f"http://127.0.0.1:{port}/events",
-        "--event-push-role-arn",
-        str(role),
+        *push_flags(port, role),
         "--sync-interval",
         f"{EVENT_MODE_SYNC_INTERVAL:g}",
         *CHECK_ARGS,

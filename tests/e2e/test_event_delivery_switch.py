@@ -12,16 +12,15 @@ flags (the emulator refuses anything else, and the harness fails on any refusal)
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from keyrotor.aws import api_destination, eventing, policies
+from keyrotor.aws import api_destination, eventing
 from keyrotor_sandbox.aws import AwsEmulator, Call
 from keyrotor_sandbox.kube import KubeApiServer
-from tests.fixtures.operator import Harness, free_port
+from tests.fixtures.operator import Harness, event_push_role, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -60,29 +59,6 @@ def keyrotor(
         aws_emulator.wait_for_rotations(timeout=60)
         harness.stop()
     assert TOKEN not in harness.all_logs()
-
-
-def _push_role(keyrotor: Harness) -> str:
-    """The role EventBridge invokes the destination with: the administrator's, made from the
-    documents keyrotor policy prints."""
-    params = policies.PolicyParams(
-        cluster_name=keyrotor.cluster_name,
-        region=keyrotor.aws.region,
-        account_id=keyrotor.aws.account_id,
-        event_mode=True,
-        event_push=True,
-    )
-    iam, name = keyrotor.aws.client("iam"), f"keyrotor-{keyrotor.cluster_name}-event-push"
-    role = iam.create_role(
-        RoleName=name,
-        AssumeRolePolicyDocument=json.dumps(policies.event_push_trust_policy(params)),
-    )["Role"]["Arn"]
-    iam.put_role_policy(
-        RoleName=name,
-        PolicyName="invoke",
-        PolicyDocument=json.dumps(policies.event_push_role_policy(params)),
-    )
-    return str(role)
 
 
 def _rule(keyrotor: Harness) -> str:
@@ -124,7 +100,7 @@ def test_switching_delivery_moves_the_rules_target_and_leaves_foreign_ones(
         "--event-push-url",
         f"http://127.0.0.1:{port}/events",
         "--event-push-role-arn",
-        _push_role(keyrotor),
+        event_push_role(keyrotor),
     )
     queue_name = f"keyrotor-{keyrotor.cluster_name}-events"
     push_name = f"keyrotor-{keyrotor.cluster_name}-push"

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from keyrotor.aws import api_destination, policies
+from keyrotor.aws import api_destination
 from keyrotor_sandbox.aws import AwsEmulator, Call
 from keyrotor_sandbox.kube import KubeApiServer
 from tests.fixtures.aws import awscurrent_moved
-from tests.fixtures.operator import Harness, free_port, running
+from tests.fixtures.operator import Harness, event_push_role, free_port, push_flags, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -52,39 +52,9 @@ def keyrotor(
     push_port: int,
 ) -> Iterator[Harness]:
     harness = Harness(aws_emulator, operator_rbac, tmp_path_factory.mktemp("operator"))
-    # The role EventBridge invokes the destination with: the administrator's, made from the
-    # documents keyrotor policy prints.
-    params = policies.PolicyParams(
-        cluster_name=harness.cluster_name,
-        region=aws_emulator.region,
-        account_id=aws_emulator.account_id,
-        event_mode=True,
-        event_push=True,
-    )
-    iam = aws_emulator.client("iam")
-    role = iam.create_role(
-        RoleName=f"keyrotor-{harness.cluster_name}-event-push",
-        AssumeRolePolicyDocument=json.dumps(policies.event_push_trust_policy(params)),
-    )["Role"]["Arn"]
-    iam.put_role_policy(
-        RoleName=f"keyrotor-{harness.cluster_name}-event-push",
-        PolicyName="invoke",
-        PolicyDocument=json.dumps(policies.event_push_role_policy(params)),
-    )
+    role = event_push_role(harness)
     harness.env = {"KEYROTOR_EVENT_PUSH_TOKEN": TOKEN}
-    harness.extra_args = (
-        "--event-mode",
-        "--event-delivery",
-        "push",
-        "--event-push-port",
-        str(push_port),
-        "--event-push-url",
-        f"http://127.0.0.1:{push_port}/events",
-        "--event-push-role-arn",
-        str(role),
-        "--sync-interval",
-        "3600",
-    )
+    harness.extra_args = (*push_flags(push_port, role), "--sync-interval", "3600")
     with running(harness):
         yield harness
     assert TOKEN not in harness.all_logs()
@@ -127,12 +97,19 @@ def test_a_rotation_aws_starts_is_mirrored_through_a_pushed_event(
     start, pushed = len(keyrotor.aws.calls), len(keyrotor.aws.pushes)
     new_version = keyrotor.rotate_outside(ns, "app", first["secretArn"])
     keyrotor.aws.wait_for_rotations()
+    # The Secret holds the new version (rotate_outside waited for it); status is written at the
+    # end of the same decision, just after: the decision is over once status names it.
+    status = keyrotor.wait(
+        lambda: (
+            (s := dict((keyrotor.get(ns, "app") or {})["status"]))["versionId"] == new_version and s
+        ),
+        what="status naming the new version",
+    )
+    assert status["accessKeyId"] != first["accessKeyId"]
     operations = _operations_since(keyrotor, start)
     assert "ListSecrets" not in operations  # the sweep (hourly) did not find it: a push did
     assert "ReceiveMessage" not in operations  # nothing polled
     assert operations.count("GetSecretValue") == 1  # the value, read once
-    status = dict((keyrotor.get(ns, "app") or {})["status"])
-    assert status["versionId"] == new_version and status["accessKeyId"] != first["accessKeyId"]
     ours = f"http://127.0.0.1:{push_port}/events"
     answers = {status for url, status in keyrotor.aws.pushes[pushed:] if url == ours}
     assert 202 in answers and 401 not in answers

@@ -22,7 +22,6 @@ Each test starts with the Service as the chart renders it (no selector).
 from __future__ import annotations
 
 import http.client
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +31,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from keyrotor.aws import api_destination, policies
+from keyrotor.aws import api_destination
 from keyrotor.k8s.endpoint_slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from keyrotor_sandbox.aws import AwsEmulator
 from keyrotor_sandbox.kube import OPERATOR_USER, KubeApiServer
 from keyrotor_sandbox.operator import OperatorProcess
 from tests.e2e.test_rbac_audit import audit_events, log_size
-from tests.fixtures.operator import Harness, free_port
+from tests.fixtures.operator import Harness, event_push_role, free_port, push_flags
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -91,34 +90,9 @@ def keyrotor(
 ) -> Iterator[Harness]:
     """One installation per test (its own Lease), in push mode; no slice left from before."""
     harness = Harness(aws_emulator, push_rbac, tmp_path_factory.mktemp("operator"))
-    params = policies.PolicyParams(
-        cluster_name=harness.cluster_name,
-        region=aws_emulator.region,
-        account_id=aws_emulator.account_id,
-        event_mode=True,
-        event_push=True,
-    )
-    iam = aws_emulator.client("iam")
-    role_name = f"keyrotor-{harness.cluster_name}-event-push"
-    role = iam.create_role(
-        RoleName=role_name,
-        AssumeRolePolicyDocument=json.dumps(policies.event_push_trust_policy(params)),
-    )["Role"]["Arn"]
-    iam.put_role_policy(
-        RoleName=role_name,
-        PolicyName="invoke",
-        PolicyDocument=json.dumps(policies.event_push_role_policy(params)),
-    )
+    role = event_push_role(harness)
     harness.extra_args = (
-        "--event-mode",
-        "--event-delivery",
-        "push",
-        "--event-push-port",
-        str(push_port),
-        "--event-push-url",
-        f"http://127.0.0.1:{push_port}/events",
-        "--event-push-role-arn",
-        str(role),
+        *push_flags(push_port, role),
         "--event-push-service",
         SERVICE,
         *LEASE_ARGS,
